@@ -1,0 +1,5 @@
+"""Entry point for ``python -m srsync``."""
+
+from srsync.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The only package that imports typer: the srsync command line."""

@@ -1,0 +1,148 @@
+"""gitignore-style exclude rules, from the config and from .srsyncignore files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from srsync.core.paths import ROOT, RelPath, is_under
+
+IGNORE_FILE = ".srsyncignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    base: RelPath  # directory the rule is relative to ("" for config rules)
+    pattern: str
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+
+
+def _translate(glob: str) -> str:
+    """Translate one gitignore glob (no leading "/" or "!") into a regex body."""
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            if glob.startswith("**", i):
+                before_ok = i == 0 or glob[i - 1] == "/"
+                after = glob[i + 2 : i + 3]
+                if before_ok and after == "/":
+                    out.append("(?:.*/)?")  # "**/" : zero or more directories
+                    i += 3
+                    continue
+                if before_ok and i + 2 == n:
+                    out.append(".*")  # trailing "/**": everything inside
+                    i += 2
+                    continue
+                out.append("[^/]*")
+                i += 2
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1
+            if j < n and glob[j] in "!^":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1 : j]
+                if body[:1] in ("!", "^"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = j
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(glob[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def parse_rule(line: str, base: RelPath = ROOT) -> Rule | None:
+    """Parse one gitignore line; None for blanks and comments."""
+    text = line.rstrip("\n\r")
+    # trailing spaces are ignored unless escaped
+    while text.endswith(" ") and not text.endswith("\\ "):
+        text = text[:-1]
+    if not text or text.startswith("#"):
+        return None
+    negate = text.startswith("!")
+    if negate:
+        text = text[1:]
+    if text.startswith("\\#") or text.startswith("\\!"):
+        text = text[1:]
+    dir_only = text.endswith("/")
+    text = text.rstrip("/")
+    if not text:
+        return None
+    anchored = "/" in text
+    text = text.lstrip("/")
+    body = _translate(text)
+    regex = re.compile(("" if anchored else "(?:.*/)?") + body + r"\Z", re.DOTALL)
+    return Rule(base=base, pattern=line.strip(), regex=regex, negate=negate, dir_only=dir_only)
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRules:
+    """An ordered rule list; the last rule that matches a path decides."""
+
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_patterns(cls, patterns: list[str] | tuple[str, ...], base: RelPath = ROOT) -> IgnoreRules:
+        parsed = (parse_rule(p, base) for p in patterns)
+        return cls(tuple(r for r in parsed if r is not None))
+
+    def with_file(self, directory: RelPath, content: str) -> IgnoreRules:
+        """Rules extended by an ignore file found in ``directory``."""
+        extra = IgnoreRules.from_patterns(content.splitlines(), directory)
+        return IgnoreRules(self.rules + extra.rules) if extra.rules else self
+
+    @property
+    def patterns(self) -> list[tuple[RelPath, str]]:
+        return [(r.base, r.pattern) for r in self.rules]
+
+    def is_excluded(self, path: RelPath, is_dir: bool) -> bool:
+        """Whether ``path`` itself is excluded (its parents are not consulted)."""
+        if path == ROOT:
+            return False
+        excluded = False
+        for rule in self.rules:
+            if rule.dir_only and not is_dir:
+                continue
+            if rule.base:
+                if not is_under(path, rule.base) or path == rule.base:
+                    continue
+                rel = path[len(rule.base) + 1 :]
+            else:
+                rel = path
+            if rule.regex.match(rel):
+                excluded = not rule.negate
+        return excluded
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+
+def filter_snapshot_paths(
+    paths: dict[RelPath, bool], rules: IgnoreRules
+) -> set[RelPath]:
+    """Paths (mapped to is_dir) that ``rules`` exclude, directly or via a parent."""
+    out: set[RelPath] = set()
+    for path in sorted(paths, key=lambda p: (p.count("/"), p)):
+        par = path.rsplit("/", 1)[0] if "/" in path else ROOT
+        if par != ROOT and par in out:
+            out.add(path)
+        elif rules.is_excluded(path, paths[path]):
+            out.add(path)
+    return out

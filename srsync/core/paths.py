@@ -1,0 +1,100 @@
+"""Relative POSIX paths as used inside the core: NFC, "/"-separated, "" is the root."""
+
+from __future__ import annotations
+
+import unicodedata
+
+RelPath = str
+
+ROOT: RelPath = ""
+
+# Temporary files srsync writes beside their final names; scans skip them and
+# the next run removes leftovers.
+TEMP_PREFIX = ".srsync-tmp-"
+
+
+class BadName(ValueError):
+    """A name that must never be accepted from a peer or a config."""
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe single path component, else raise BadName.
+
+    Names arrive from servers we do not trust: anything that could climb out
+    of a root, address a second component or confuse C APIs is refused.
+    """
+    if name in ("", ".", ".."):
+        raise BadName(f"invalid name {name!r}")
+    if "/" in name or "\x00" in name:
+        raise BadName(f"invalid name {name!r}")
+    return name
+
+
+def nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def join(parent: RelPath, name: str) -> RelPath:
+    return name if parent == ROOT else f"{parent}/{name}"
+
+
+def parent(path: RelPath) -> RelPath:
+    idx = path.rfind("/")
+    return ROOT if idx < 0 else path[:idx]
+
+
+def basename(path: RelPath) -> str:
+    return path[path.rfind("/") + 1 :]
+
+
+def depth(path: RelPath) -> int:
+    return 0 if path == ROOT else path.count("/") + 1
+
+
+def is_under(path: RelPath, ancestor: RelPath) -> bool:
+    """True when ``path`` equals ``ancestor`` or lies inside it."""
+    if ancestor == ROOT:
+        return True
+    return path == ancestor or path.startswith(ancestor + "/")
+
+
+def ancestors(path: RelPath) -> list[RelPath]:
+    """Proper ancestors of ``path`` (excluding the root), outermost first."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def validate_relpath(path: str) -> RelPath:
+    """Validate a whole relative path component by component."""
+    if path == ROOT:
+        return path
+    if path.startswith("/"):
+        raise BadName(f"absolute path {path!r}")
+    for part in path.split("/"):
+        check_name(part)
+    return path
+
+
+def link_escapes(link_path: RelPath, target: str) -> bool:
+    """True when a symlink at ``link_path`` pointing at ``target`` leaves the root.
+
+    Resolution is purely lexical: absolute targets always escape, and a
+    relative target escapes when its ``..`` components climb above the root.
+    """
+    if target == "" or target.startswith("/") or "\x00" in target:
+        return True
+    stack = parent(link_path).split("/") if parent(link_path) else []
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return True
+            stack.pop()
+        else:
+            stack.append(part)
+    return False
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)

@@ -1,0 +1,1 @@
+"""Orchestration: scan, reconcile, guard, plan, execute, record."""

@@ -1,0 +1,1 @@
+"""The only package that imports paramiko: connections, host keys, SFTP access."""

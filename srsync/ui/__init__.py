@@ -1,0 +1,1 @@
+"""The only package that imports rich: progress, tables, dashboards."""
