@@ -141,8 +141,6 @@ def filter_snapshot_paths(
     out: set[RelPath] = set()
     for path in sorted(paths, key=lambda p: (p.count("/"), p)):
         par = path.rsplit("/", 1)[0] if "/" in path else ROOT
-        if par != ROOT and par in out:
-            out.add(path)
-        elif rules.is_excluded(path, paths[path]):
+        if par != ROOT and par in out or rules.is_excluded(path, paths[path]):
             out.add(path)
     return out

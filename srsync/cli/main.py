@@ -1,0 +1,197 @@
+"""The srsync command line: typer app, error-to-exit-code mapping, run commands."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from srsync import errors
+
+if TYPE_CHECKING:
+    from srsync.jobspec import JobSpec
+
+app = typer.Typer(
+    name="srsync",
+    help="Mirror and sync directory trees over SSH: safe by default, fast, clear.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class RemoteSide(StrEnum):
+    mirror = "mirror"
+    target = "target"
+
+
+class SyncType(StrEnum):
+    Zero2One = "Zero2One"
+    One2One = "One2One"
+
+
+def fail(exc: errors.SrsyncError) -> NoReturn:
+    from srsync.ui.console import print_error
+
+    print_error(str(exc))
+    raise typer.Exit(exc.exit_code)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: finish the current file, then stop.  Second SIGINT: abort."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def execute_jobs(
+    jobs: list[JobSpec], *, dry_run: bool, force: bool, verbose: int, quiet: bool
+) -> None:
+    """Run jobs once, print the summary, exit with the combined code."""
+    from srsync.engine.runner import combine_exit, run_jobs
+    from srsync.engine.session import SyncOptions
+    from srsync.ui.console import ConsoleReporter, make_console, print_summary
+
+    jobs = [j for j in jobs if j.enabled]
+    console = make_console()
+    if not jobs:
+        console.print("no enabled jobs to run")
+        raise typer.Exit(errors.EXIT_OK)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    started = time.time()
+    with ConsoleReporter(console, verbose=verbose, quiet=quiet) as reporter:
+        results = run_jobs(jobs, reporter, SyncOptions(dry_run=dry_run, force=force), stop)
+    if not quiet or any(r.exit_code for r in results):
+        print_summary(console, results, dry_run, started)
+    for r in results:
+        if r.error:
+            from srsync.ui.console import print_error
+
+            print_error(r.error)
+    raise typer.Exit(combine_exit([r.exit_code for r in results]))
+
+
+DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Show the full plan; change nothing.")]
+Force = Annotated[
+    bool, typer.Option("--force", help="Run even when a safety guard (mass deletion, empty mirror) trips.")
+]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log every file operation.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print problems and errors.")]
+
+
+@app.command()
+def manual(
+    host: Annotated[str | None, typer.Option("-H", "--host", help="SSH host (alias or name).")] = None,
+    mirror: Annotated[str, typer.Option("-M", "--mirror", help="Mirror path or location (host:path).")] = "",
+    target: Annotated[str, typer.Option("-T", "--target", help="Target path or location (host:path).")] = "",
+    name: Annotated[str, typer.Option("-N", "--name", help="Job name (for state, history, locks).")] = "manual",
+    user: Annotated[str | None, typer.Option("-u", "--user", help="SSH user.")] = None,
+    port: Annotated[int | None, typer.Option("-P", "--port", help="SSH port.")] = None,
+    key: Annotated[str | None, typer.Option("-k", "--key", help="Private key file.")] = None,
+    timeout: Annotated[float | None, typer.Option("-t", "--timeout", help="Connect/auth timeout, seconds.")] = None,
+    remote: Annotated[
+        RemoteSide, typer.Option("--remote", help="Which side lives on -H: mirror (pull) or target (push).")
+    ] = RemoteSide.mirror,
+    sync_type: Annotated[SyncType, typer.Option("--sync-type", help="Zero2One (mirror) or One2One.")] = SyncType.Zero2One,
+    checksum: Annotated[bool, typer.Option("--checksum", "-c", help="Compare content hashes, not size+mtime.")] = False,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", "-x", help="gitignore-style pattern; repeatable.")
+    ] = None,
+    max_delete: Annotated[
+        float | None, typer.Option("--max-delete", help="Halt when a run would delete more than this % of the target.")
+    ] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Write the equivalent job config to this file.")] = None,
+    conf_dir: Annotated[str | None, typer.Option("--conf-dir", help="Config folder (for global.toml defaults).")] = None,
+    dry_run: DryRun = False,
+    force: Force = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Run one inline job.  -H names the SSH host; --remote says which side lives on it."""
+    from srsync.config import loader
+
+    if not mirror or not target:
+        fail(errors.UsageError("manual needs both -M MIRROR and -T TARGET"))
+    try:
+        globals_ = loader.load_globals(loader.resolve_conf_dir(conf_dir))
+        job = loader.manual_job(
+            name=name, host=host, mirror=mirror, target=target, user=user, port=port, key=key,
+            timeout=timeout, remote_side=remote.value, sync_type=sync_type.value,
+            checksum=checksum, excludes=list(exclude or []), max_delete=max_delete,
+            globals_=globals_,
+        )
+    except errors.SrsyncError as exc:
+        fail(exc)
+    if save is not None:
+        if save.exists():
+            fail(errors.UsageError(f"{save} already exists; choose another file for --save"))
+        save.write_text(loader.job_to_toml(job), encoding="utf-8")
+        typer.echo(f"saved job config to {save}")
+    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+
+
+@app.command()
+def loadconfig(
+    path: Annotated[Path, typer.Option("-p", "--path", help="A job config file.")],
+    dry_run: DryRun = False,
+    force: Force = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Run the job in one config file, anywhere on disk."""
+    from srsync.config import loader
+
+    try:
+        job = loader.load_job_file(path)
+    except errors.SrsyncError as exc:
+        fail(exc)
+    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+
+
+@app.command()
+def autorun(
+    conf_dir: Annotated[str | None, typer.Option("--conf-dir", help="Config folder (default: $SRSYNC_CONF_DIR, ./conf, user config).")] = None,
+    job: Annotated[list[str] | None, typer.Option("--job", "-j", help="Only this job; repeatable.")] = None,
+    dry_run: DryRun = False,
+    force: Force = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Run every enabled job in the config folder once: jobs in parallel, targets in order."""
+    from srsync.config import loader
+
+    try:
+        jobs = loader.load_conf_dir(loader.resolve_conf_dir(conf_dir), list(job) if job else None)
+    except errors.SrsyncError as exc:
+        fail(exc)
+    execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+
+
+def run() -> None:
+    """Console-script entry point: user errors become one line and an exit code."""
+    try:
+        app()
+    except errors.SrsyncError as exc:
+        from srsync.ui.console import print_error
+
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        from srsync.ui.console import print_error
+
+        print_error("interrupted; files already written are complete, the rest will follow next run")
+        sys.exit(130)

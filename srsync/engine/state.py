@@ -1,0 +1,159 @@
+"""The SQLite state database: hash cache, run history (ancestors and live status later)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hash_cache (
+    endpoint TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (endpoint, path)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    target TEXT NOT NULL,
+    pair TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    created INTEGER NOT NULL DEFAULT 0,
+    updated INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    meta INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    problems INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    dry_run INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS history_job ON history (job, id);
+"""
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("SRSYNC_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("srsync"))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    id: int
+    job: str
+    target: str
+    pair: str
+    started: float
+    finished: float
+    outcome: str
+    created: int
+    updated: int
+    deleted: int
+    meta: int
+    bytes: int
+    problems: int
+    error: str
+    dry_run: bool
+
+
+class StateDB:
+    """One connection to the state database; safe to share between threads."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+        self.path = directory / "state.db"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._db:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- hash cache ----------------------------------------------------
+    def cached_digests(self, endpoint: str) -> dict[str, tuple[int, int, int, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, ino, digest FROM hash_cache WHERE endpoint = ?",
+                (endpoint,),
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def store_digests(self, endpoint: str, rows: Iterable[tuple[str, int, int, int, str]]) -> None:
+        data = [(endpoint, *r) for r in rows]
+        if not data:
+            return
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO hash_cache (endpoint, path, size, mtime_ns, ino, digest)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                data,
+            )
+
+    # ---- history -------------------------------------------------------
+    def add_history(
+        self,
+        *,
+        job: str,
+        target: str,
+        pair: str,
+        started: float,
+        outcome: str,
+        created: int = 0,
+        updated: int = 0,
+        deleted: int = 0,
+        meta: int = 0,
+        bytes_: int = 0,
+        problems: int = 0,
+        error: str = "",
+        dry_run: bool = False,
+    ) -> int:
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO history (job, target, pair, started, finished, outcome, created,"
+                " updated, deleted, meta, bytes, problems, error, dry_run)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, target, pair, started, time.time(), outcome, created, updated, deleted,
+                 meta, bytes_, problems, error, int(dry_run)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def history(self, job: str | None = None, count: int = 20) -> list[HistoryRow]:
+        sql = "SELECT * FROM history"
+        args: tuple[object, ...] = ()
+        if job:
+            sql += " WHERE job = ?"
+            args = (job,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, count)).fetchall()
+        return [
+            HistoryRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+                       r[12], r[13], bool(r[14]))
+            for r in rows
+        ]

@@ -1,0 +1,189 @@
+"""Rich rendering of runs: live progress on a terminal, plain lines otherwise, plans and summaries."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from srsync.engine.reporter import Reporter
+
+if TYPE_CHECKING:
+    from srsync.core.entry import Problem
+    from srsync.engine.runner import JobResult
+    from srsync.engine.session import PairResult
+    from srsync.plan import Operation, Plan
+
+_VERB = {"remove": "delete", "mkdir": "mkdir", "copy": "copy", "link": "link", "meta": "attrs"}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def describe_op(op: Operation) -> str:
+    verb = _VERB[op.kind.value]
+    if op.kind.value == "copy":
+        verb = "update" if op.is_update else "create"
+        size = op.entry.size if op.entry else 0
+        return f"{verb:7} {op.path} ({human_bytes(size)})"
+    if op.kind.value == "link":
+        target = op.entry.target if op.entry else ""
+        return f"{'relink' if op.is_update else 'link':7} {op.path} -> {target}"
+    if op.kind.value == "remove" and op.is_update:
+        verb = "replace"
+    if op.kind.value == "meta" and op.expected is None:
+        verb = "touch"
+    return f"{verb:7} {op.path}"
+
+
+def make_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class ConsoleReporter(Reporter):
+    """Progress bars when attached to a terminal; plain log lines when not."""
+
+    def __init__(self, console: Console, verbose: int = 0, quiet: bool = False) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+
+    def __enter__(self) -> ConsoleReporter:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _line(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text)
+
+    def pair_started(self, job: str, target: str, pair: str) -> None:
+        if self.verbose:
+            self._line(f"{escape(job)}: {escape(pair)}")
+
+    def scan_done(self, job: str, side: str, entries: int) -> None:
+        if self.verbose:
+            self._line(f"{escape(job)}: scanned {side}: {entries} entries")
+
+    def plan_ready(self, job: str, pair: str, plan: Plan, dry_run: bool) -> None:
+        s = plan.stats
+        if dry_run:
+            self._line(f"[bold]{escape(job)}[/]: plan for {escape(pair)}")
+            for op in plan.operations:
+                self._line(f"  {escape(describe_op(op))}")
+            self._line(
+                f"  total: {s.created} to create, {s.updated} to update, {s.deleted} to delete, "
+                f"{s.meta} attribute changes, {human_bytes(s.bytes)} to transfer"
+            )
+            return
+        if self._progress is not None and s.bytes:
+            with self._lock:
+                tid = self._tasks.get(job)
+                if tid is None:
+                    self._tasks[job] = self._progress.add_task(job, total=s.bytes)
+                else:
+                    self._progress.update(tid, total=s.bytes, completed=0)
+
+    def op_done(self, job: str, op: Operation) -> None:
+        if self.verbose:
+            self._line(f"{escape(job)}: {escape(describe_op(op))}")
+
+    def bytes_transferred(self, job: str, n: int) -> None:
+        if self._progress is not None:
+            tid = self._tasks.get(job)
+            if tid is not None:
+                self._progress.advance(tid, n)
+
+    def problem(self, job: str, problem: Problem) -> None:
+        side = f"{problem.side} " if problem.side else ""
+        self.console.print(f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
+                           f"{escape(problem.message)}[/]")
+
+    def halted(self, job: str, reason: str) -> None:
+        self.console.print(f"[red]{escape(job)}: halted: {escape(reason)}[/]")
+
+    def message(self, job: str, text: str) -> None:
+        self.console.print(f"{escape(job)}: {escape(text)}")
+
+    def pair_done(self, job: str, result: PairResult) -> None:
+        if result.outcome == "failed":
+            self.console.print(f"[red]{escape(job)}: {escape(result.error)}[/]")
+
+
+_STYLE = {"ok": "green", "unchanged": "green", "partial": "yellow", "halted": "red",
+          "failed": "red", "conflicts": "magenta"}
+
+
+def summary_table(results: list[JobResult], dry_run: bool) -> Table:
+    title = "srsync dry run (nothing changed)" if dry_run else "srsync summary"
+    table = Table(title=title, title_justify="left")
+    for col in ("job", "target", "pair", "result"):
+        table.add_column(col)
+    for col in ("created", "updated", "deleted", "bytes", "time"):
+        table.add_column(col, justify="right")
+    for jr in results:
+        if not jr.pairs:
+            table.add_row(jr.job, "", "", "[red]failed[/]", "", "", "", "", "")
+            continue
+        for pr in jr.pairs:
+            stats = pr.plan.stats if (dry_run and pr.plan) else pr.applied
+            style = _STYLE.get(pr.outcome, "")
+            outcome = "would change" if dry_run and pr.outcome == "ok" else pr.outcome
+            table.add_row(
+                escape(pr.job), escape(pr.target), escape(pr.pair), f"[{style}]{outcome}[/]",
+                str(stats.created), str(stats.updated), str(stats.deleted),
+                human_bytes(stats.bytes), f"{pr.duration:.1f}s",
+            )
+    return table
+
+
+def print_summary(console: Console, results: list[JobResult], dry_run: bool, started: float) -> None:
+    console.print(summary_table(results, dry_run))
+    console.print(f"done in {time.time() - started:.1f}s")
+
+
+def print_error(message: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[red]srsync: error:[/] {escape(message)}"
+    )
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
