@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import threading
 from typing import TYPE_CHECKING
 
