@@ -131,7 +131,7 @@ def manual(
         job = loader.manual_job(
             name=name, host=host, mirror=mirror, target=target, user=user, port=port, key=key,
             timeout=timeout, remote_side=remote.value, sync_type=sync_type.value,
-            checksum=checksum, excludes=list(exclude or []), max_delete=max_delete,
+            checksum=checksum or None, excludes=list(exclude or []), max_delete=max_delete,
             globals_=globals_,
         )
     except errors.SrsyncError as exc:

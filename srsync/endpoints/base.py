@@ -18,7 +18,7 @@ implementation):
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -83,7 +83,7 @@ class Endpoint(abc.ABC):
     def open_read(self, path: RelPath) -> AbstractContextManager[BinaryIO]:
         """Open a regular file for streaming reads."""
 
-    def read_chunks(self, path: RelPath, chunk: int = CHUNK) -> Iterator[bytes]:
+    def read_chunks(self, path: RelPath, chunk: int = CHUNK) -> Generator[bytes, None, None]:
         with self.open_read(path) as fh:
             while True:
                 block = fh.read(chunk)

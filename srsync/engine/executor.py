@@ -41,12 +41,24 @@ def matches(current: Entry | None, expected: Entry | None) -> bool:
 def _verified_chunks(
     src: Endpoint, path: str, entry: Entry, job: str, reporter: Reporter
 ) -> Iterator[bytes]:
-    """Stream a source file, failing (before any rename) if it changed meanwhile."""
+    """Stream a source file, failing (before any rename) if it changed meanwhile.
+
+    Reads at most the scanned size: a file that keeps growing (a live log)
+    must not keep the transfer going forever.
+    """
     total = 0
-    for block in src.read_chunks(path):
-        total += len(block)
-        reporter.bytes_transferred(job, len(block))
-        yield block
+    blocks = src.read_chunks(path)
+    try:
+        for block in blocks:
+            if total + len(block) > entry.size:
+                raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
+            total += len(block)
+            reporter.bytes_transferred(job, len(block))
+            yield block
+            if total == entry.size:
+                break
+    finally:
+        blocks.close()  # release the (possibly remote) file handle now, not at GC
     now = src.stat(path)
     if total != entry.size or not matches(now, entry):
         raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)

@@ -1,0 +1,243 @@
+"""Engine behaviour on real local directories: the one-way contract and its safety rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import local_job, make_tree, run, tree_state
+from srsync import errors
+from srsync.engine.reporter import Reporter
+from srsync.plan import OpKind, Operation
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
+
+
+BASE: dict[str, bytes | str | None] = {
+    "a.txt": b"alpha\n",
+    "dir/b.bin": os.urandom(100_000),
+    "dir/sub/c": b"c",
+    "empty": None,
+    "nested/empty/deeper": None,
+    "with space/ünïcödé ñame.txt": b"unicode",
+    "link": "->a.txt",
+    "dirlink": "->dir",
+}
+
+
+def test_first_sync_then_nothing(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, BASE)
+    os.chmod(m / "a.txt", 0o600)
+    os.chmod(m / "dir/sub", 0o750)
+    r = run(local_job(m, t))
+    assert r.exit_code == 0, r
+    assert tree_state(m) == tree_state(t)
+    r2 = run(local_job(m, t))
+    assert r2.exit_code == 0
+    assert r2.pairs[0].plan is not None and r2.pairs[0].plan.empty, r2.pairs[0].plan
+    assert r2.pairs[0].outcome == "unchanged"
+
+
+def test_changes_deletions_renames_type_changes(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {**BASE, **{f"bulk/{i}": b"x" * i for i in range(20)}})
+    assert run(local_job(m, t)).exit_code == 0
+    (m / "a.txt").write_bytes(b"changed content\n")
+    os.rename(m / "dir/sub", m / "dir/renamed")
+    (m / "dir/b.bin").unlink()
+    os.remove(m / "link")
+    (m / "link").mkdir()  # symlink -> directory
+    (m / "link/inside").write_bytes(b"in")
+    os.rmdir(m / "empty")
+    (m / "empty").write_bytes(b"dir became a file")
+    os.chmod(m / "with space", 0o700)
+    r = run(local_job(m, t))
+    assert r.exit_code == 0, r.pairs[0].problems
+    assert tree_state(m) == tree_state(t)
+    a = r.pairs[0].applied
+    assert a.deleted >= 2 and a.updated >= 1
+
+
+def test_dry_run_changes_nothing_on_either_side(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, BASE)
+    make_tree(t, {"old": b"old", "a.txt": b"different"})
+    before_m, before_t = tree_state(m), tree_state(t)
+    r = run(local_job(m, t), dry_run=True)
+    assert r.exit_code == 0
+    plan = r.pairs[0].plan
+    assert plan is not None and plan.stats.created > 0 and plan.stats.deleted == 1
+    assert tree_state(m) == before_m and tree_state(t) == before_t
+
+
+def test_empty_mirror_halts_and_force_overrides(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    m.mkdir()
+    make_tree(t, {"keep": b"precious"})
+    r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_HALTED
+    assert "empty" in r.pairs[0].error and "--force" in r.pairs[0].error
+    assert (t / "keep").read_bytes() == b"precious"
+    assert run(local_job(m, t), force=True).exit_code == 0
+    assert not (t / "keep").exists()
+
+
+def test_mass_delete_guard(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {f"f{i}": b"x" for i in range(10)})
+    assert run(local_job(m, t)).exit_code == 0
+    for i in range(7):
+        (m / f"f{i}").unlink()
+    before = tree_state(t)
+    r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_HALTED and "7 of 10" in r.pairs[0].error
+    assert tree_state(t) == before
+    assert run(local_job(m, t, max_delete=80.0)).exit_code == 0
+    assert sorted(os.listdir(t)) == ["f7", "f8", "f9"]
+
+
+def test_missing_mirror_root_halts(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    make_tree(t, {"keep": b"x"})
+    r = run(local_job(tmp_path / "nope", t))
+    assert r.exit_code == errors.EXIT_HALTED and "does not exist" in r.pairs[0].error
+    assert (t / "keep").exists()
+
+
+def test_excludes_and_srsyncignore(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"a.tmp": b"t", "keep.txt": b"k", ".cache/x": b"c", "sub/.srsyncignore": b"*.log\n",
+                  "sub/x.log": b"l", "sub/y.txt": b"y", "top.log": b"not excluded at top"})
+    make_tree(t, {"target-only.tmp": b"excluded paths on the target are left alone"})
+    r = run(local_job(m, t, exclude=("*.tmp", ".cache/")))
+    assert r.exit_code == 0
+    assert sorted(str(p.relative_to(t)) for p in t.rglob("*")) == [
+        "keep.txt", "sub", "sub/.srsyncignore", "sub/y.txt", "target-only.tmp", "top.log"]
+
+
+def test_escaping_symlink_skipped_with_warning(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"ok": b"x", "evil": "->/etc/passwd", "d/up": "->../../outside", "d/fine": "->../ok"})
+    r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_OK or r.exit_code == errors.EXIT_PARTIAL
+    msgs = {p.path: p.message for p in r.pairs[0].problems}
+    assert "outside the root" in msgs["evil"] and "outside the root" in msgs["d/up"]
+    assert not os.path.lexists(t / "evil") and not os.path.lexists(t / "d/up")
+    assert os.readlink(t / "d/fine") == "../ok"
+
+
+def test_non_utf8_name_is_reported_and_frozen(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"good": b"g"})
+    fd = os.open(os.path.join(os.fsencode(m), b"bad\xff"), os.O_CREAT | os.O_WRONLY, 0o644)
+    os.close(fd)
+    r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_PARTIAL
+    assert any("UTF-8" in p.message for p in r.pairs[0].problems)
+    assert (t / "good").read_bytes() == b"g"
+
+
+class ChangeDuringRun(Reporter):
+    """Changes files behind srsync's back at precise moments."""
+
+    def __init__(self, action: dict[str, object]) -> None:
+        self.action = action
+
+    def op_started(self, job: str, op: Operation) -> None:
+        fn = self.action.get(op.path)
+        if callable(fn):
+            fn()
+
+
+def test_target_changed_after_scan_is_skipped(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"mirror"})
+    make_tree(t, {"f": b"target old", "gone": b"to delete"})
+    rep = ChangeDuringRun({
+        "f": lambda: (t / "f").write_bytes(b"edited by a user meanwhile"),
+        "gone": lambda: (t / "gone").write_bytes(b"edited too"),
+    })
+    r = run(local_job(m, t, max_delete=100.0), reporter=rep)
+    assert r.exit_code == errors.EXIT_PARTIAL
+    assert (t / "f").read_bytes() == b"edited by a user meanwhile"
+    assert (t / "gone").read_bytes() == b"edited too"
+    assert {p.path for p in r.pairs[0].problems} == {"f", "gone"}
+    # the next run converges
+    assert run(local_job(m, t, max_delete=100.0)).exit_code == 0
+    assert tree_state(m) == tree_state(t)
+
+
+def test_source_changed_while_read_leaves_target_intact(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"A" * 3_000_000})
+    make_tree(t, {"f": b"old"})
+
+    class Grow(Reporter):
+        def bytes_transferred(self, job: str, n: int) -> None:
+            with open(m / "f", "ab") as fh:
+                fh.write(b"more")
+
+    r = run(local_job(m, t), reporter=Grow())
+    assert r.exit_code == errors.EXIT_PARTIAL
+    assert "changed while being read" in r.pairs[0].problems[0].message
+    assert (t / "f").read_bytes() == b"old"
+    assert [p.name for p in t.iterdir()] == ["f"], "no temp file left behind"
+
+
+def test_leftover_temp_files_are_cleaned(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"x"})
+    make_tree(t, {".srsync-tmp-deadbeef-f": b"torn"})
+    assert run(local_job(m, t)).exit_code == 0
+    assert sorted(os.listdir(t)) == ["f"]
+
+
+def test_checksum_detects_same_size_same_mtime_change(tmp_path: Path) -> None:
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"aaaa"})
+    assert run(local_job(m, t)).exit_code == 0
+    st = os.stat(m / "f")
+    (t / "f").write_bytes(b"bbbb")
+    os.utime(t / "f", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run(local_job(m, t))
+    assert r.pairs[0].plan is not None and r.pairs[0].plan.empty  # size+mtime cannot see it
+    r = run(local_job(m, t, checksum=True))
+    assert r.exit_code == 0 and r.pairs[0].applied.updated == 1
+    assert (t / "f").read_bytes() == b"aaaa"
+    # second checksum run: digests come from the cache, nothing to do
+    r = run(local_job(m, t, checksum=True))
+    assert r.pairs[0].plan is not None and r.pairs[0].plan.empty
+
+
+def test_second_run_of_same_job_is_refused_while_locked(tmp_path: Path) -> None:
+    from srsync.engine.lock import JobLock
+
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"x"})
+    with JobLock(tmp_path / "state", "t"):
+        r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_FAILURE and "already running" in r.error
+    assert str(os.getpid()) in r.error
+    assert run(local_job(m, t)).exit_code == 0
+
+
+def test_history_is_recorded(tmp_path: Path) -> None:
+    from srsync.engine.state import StateDB
+
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"f": b"12345"})
+    run(local_job(m, t, name="hist"))
+    db = StateDB(tmp_path / "state")
+    rows = db.history("hist")
+    db.close()
+    assert len(rows) == 1 and rows[0].outcome == "ok" and rows[0].created == 1 and rows[0].bytes == 5
+
+
+def test_ops_kinds_used(tmp_path: Path) -> None:
+    assert {k.value for k in OpKind} == {"remove", "mkdir", "copy", "link", "meta"}
