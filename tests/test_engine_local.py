@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import local_job, make_tree, run, tree_state
+
 from srsync import errors
 from srsync.engine.reporter import Reporter
-from srsync.plan import OpKind, Operation
+from srsync.plan import Operation, OpKind
 
 
 @pytest.fixture(autouse=True)

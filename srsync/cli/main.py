@@ -77,11 +77,6 @@ def execute_jobs(
         results = run_jobs(jobs, reporter, SyncOptions(dry_run=dry_run, force=force), stop)
     if not quiet or any(r.exit_code for r in results):
         print_summary(console, results, dry_run, started)
-    for r in results:
-        if r.error:
-            from srsync.ui.console import print_error
-
-            print_error(r.error)
     raise typer.Exit(combine_exit([r.exit_code for r in results]))
 
 

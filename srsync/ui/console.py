@@ -56,14 +56,20 @@ def describe_op(op: Operation) -> str:
 
 
 def make_console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Logs and pipes get lines wide enough for a summary row; terminals keep their width.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 class ConsoleReporter(Reporter):
     """Progress bars when attached to a terminal; plain log lines when not."""
 
-    def __init__(self, console: Console, verbose: int = 0, quiet: bool = False) -> None:
+    def __init__(
+        self, console: Console, verbose: int = 0, quiet: bool = False, err: Console | None = None
+    ) -> None:
         self.console = console
+        self.err = err or make_console(stderr=True)
         self.verbose = verbose
         self.quiet = quiet
         self.live = console.is_terminal and not quiet
@@ -105,6 +111,9 @@ class ConsoleReporter(Reporter):
     def plan_ready(self, job: str, pair: str, plan: Plan, dry_run: bool) -> None:
         s = plan.stats
         if dry_run:
+            if plan.empty:
+                self._line(f"[bold]{escape(job)}[/]: {escape(pair)}: nothing to do")
+                return
             self._line(f"[bold]{escape(job)}[/]: plan for {escape(pair)}")
             for op in plan.operations:
                 self._line(f"  {escape(describe_op(op))}")
@@ -133,18 +142,18 @@ class ConsoleReporter(Reporter):
 
     def problem(self, job: str, problem: Problem) -> None:
         side = f"{problem.side} " if problem.side else ""
-        self.console.print(f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
+        self.err.print(f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
                            f"{escape(problem.message)}[/]")
 
     def halted(self, job: str, reason: str) -> None:
-        self.console.print(f"[red]{escape(job)}: halted: {escape(reason)}[/]")
+        self.err.print(f"[red]{escape(job)}: halted: {escape(reason)}[/]")
 
     def message(self, job: str, text: str) -> None:
-        self.console.print(f"{escape(job)}: {escape(text)}")
+        self.err.print(f"{escape(job)}: {escape(text)}")
 
     def pair_done(self, job: str, result: PairResult) -> None:
         if result.outcome == "failed":
-            self.console.print(f"[red]{escape(job)}: {escape(result.error)}[/]")
+            self.err.print(f"[red]{escape(job)}: {escape(result.error)}[/]")
 
 
 _STYLE = {"ok": "green", "unchanged": "green", "partial": "yellow", "halted": "red",

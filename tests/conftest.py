@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: a real OpenSSH sshd on 127.0.0.1 and SFTP endpoints connected to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from sshd import SSHD, find_sshd
+
+if TYPE_CHECKING:
+    from srsync.endpoints.sftp import SFTPEndpoint
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHD]:
+    """A throwaway sshd for the whole session; skipped (or failed on CI) when none is installed."""
+    binary = find_sshd()
+    if binary is None:
+        reason = "OpenSSH sshd not found (/usr/sbin/sshd): SSH/SFTP integration tests NOT RUN"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; install openssh-server on the CI image")
+        pytest.skip(reason)
+    server = SSHD(workdir=tmp_path_factory.mktemp("sshd"), sshd_bin=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sftp_endpoint_factory(sshd: SSHD) -> Iterator[Callable[[str], SFTPEndpoint]]:
+    """``make(root)`` opens an SFTPEndpoint on the test sshd; all are closed at teardown."""
+    from srsync.endpoints.sftp import open_sftp_endpoint
+
+    opened: list[SFTPEndpoint] = []
+
+    def make(root: str) -> SFTPEndpoint:
+        if not sshd.running:
+            sshd.start()
+        endpoint = open_sftp_endpoint(sshd.conn_spec(), root)
+        opened.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in opened:
+        endpoint.close()

@@ -1,0 +1,155 @@
+"""One conformance suite, run against every endpoint: memory, local, and SFTP over a real sshd."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from srsync.core.entry import Kind
+from srsync.core.ignore import IgnoreRules
+from srsync.endpoints.base import Endpoint
+from srsync.endpoints.hashing import digest_bytes
+from srsync.endpoints.local import LocalEndpoint
+from srsync.endpoints.memory import MemoryEndpoint
+
+T0 = 1_600_000_000_123_456_789
+
+
+@pytest.fixture(params=["memory", "local", "sftp"])
+def endpoint(request: pytest.FixtureRequest, tmp_path) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    if request.param == "memory":
+        yield MemoryEndpoint("conf")
+    elif request.param == "local":
+        root.mkdir()
+        yield LocalEndpoint(str(root))
+    else:
+        root.mkdir()
+        factory: Callable[[str], Endpoint] = request.getfixturevalue("sftp_endpoint_factory")
+        yield factory(str(root))
+
+
+def _write(ep: Endpoint, path: str, data: bytes, mode: int = 0o644, mtime: int = T0) -> None:
+    ep.write_file(path, iter([data[: len(data) // 2], data[len(data) // 2 :]]), mode, mtime)
+
+
+def _prec(ep: Endpoint) -> int:
+    return ep.capabilities.mtime_precision_ns
+
+
+def test_write_read_stat_roundtrip(endpoint: Endpoint) -> None:
+    data = os.urandom(300_000)
+    _write(endpoint, "f.bin", data, 0o640)
+    st = endpoint.stat("f.bin")
+    assert st is not None and st.kind is Kind.FILE and st.size == len(data)
+    assert st.mode == 0o640
+    assert st.mtime_ns == T0 // _prec(endpoint) * _prec(endpoint)
+    assert b"".join(endpoint.read_chunks("f.bin")) == data
+    assert endpoint.hash_file("f.bin") == digest_bytes(data)
+
+
+def test_missing_paths(endpoint: Endpoint) -> None:
+    assert endpoint.stat("nope") is None
+    assert endpoint.stat("nope/deeper") is None
+    with pytest.raises(FileNotFoundError):
+        endpoint.remove("nope", Kind.FILE)
+    with pytest.raises(FileNotFoundError), endpoint.open_read("nope") as fh:
+        fh.read()
+
+
+def test_dirs_links_and_scan(endpoint: Endpoint) -> None:
+    endpoint.mkdir("d", 0o755)
+    endpoint.mkdir("d/empty", 0o700)
+    endpoint.mkdir("d/sub dir", 0o755)
+    _write(endpoint, "d/sub dir/ünï cödé.txt", b"hello")
+    endpoint.symlink("d/link", "sub dir/ünï cödé.txt")
+    _write(endpoint, "skip.tmp", b"x")
+    res = endpoint.scan(IgnoreRules.from_patterns(["*.tmp"]))
+    assert res.root_exists
+    e = res.entries
+    assert set(e) == {"d", "d/empty", "d/sub dir", "d/sub dir/ünï cödé.txt", "d/link"}
+    assert e["d/empty"].kind is Kind.DIR and e["d/empty"].mode == 0o700
+    assert e["d/link"].kind is Kind.LINK and e["d/link"].target == "sub dir/ünï cödé.txt"
+    assert e["d/sub dir/ünï cödé.txt"].size == 5
+    assert res.problems == []
+
+
+def test_scan_prunes_excluded_dirs_and_reports_ignore_files(endpoint: Endpoint) -> None:
+    endpoint.mkdir("cache", 0o755)
+    _write(endpoint, "cache/big", b"x" * 10)
+    endpoint.mkdir("src", 0o755)
+    _write(endpoint, "src/.srsyncignore", b"*.o\n")
+    _write(endpoint, "src/a.o", b"o")
+    res = endpoint.scan(IgnoreRules.from_patterns(["cache/"]))
+    assert "cache" not in res.entries and "cache/big" not in res.entries
+    assert res.ignore_files == {"src": "*.o\n"}
+    assert "src/a.o" in res.entries  # ignore files are applied by the engine, not the scan
+
+
+def test_write_is_atomic_when_source_fails(endpoint: Endpoint) -> None:
+    _write(endpoint, "f", b"old content")
+
+    def broken() -> Iterator[bytes]:
+        yield b"new "
+        raise OSError("source vanished")
+
+    with pytest.raises(OSError, match="source vanished"):
+        endpoint.write_file("f", broken(), 0o644, T0)
+    assert b"".join(endpoint.read_chunks("f")) == b"old content"
+    res = endpoint.scan(IgnoreRules())
+    assert set(res.entries) == {"f"} and res.temp_files == []
+
+
+def test_write_replaces_file_and_symlink_but_not_dir(endpoint: Endpoint) -> None:
+    _write(endpoint, "f", b"one")
+    _write(endpoint, "f", b"two!")
+    assert b"".join(endpoint.read_chunks("f")) == b"two!"
+    endpoint.symlink("l", "f")
+    _write(endpoint, "l", b"now a file")
+    st = endpoint.stat("l")
+    assert st is not None and st.kind is Kind.FILE
+    endpoint.symlink("f", "elsewhere")  # a link replaces a file, atomically
+    st = endpoint.stat("f")
+    assert st is not None and st.kind is Kind.LINK and st.target == "elsewhere"
+    endpoint.mkdir("d", 0o755)
+    with pytest.raises(OSError):
+        _write(endpoint, "d", b"x")
+    st = endpoint.stat("d")
+    assert st is not None and st.kind is Kind.DIR
+
+
+def test_remove_and_set_meta(endpoint: Endpoint) -> None:
+    endpoint.mkdir("d", 0o755)
+    _write(endpoint, "d/f", b"x")
+    with pytest.raises(OSError):
+        endpoint.remove("d", Kind.DIR)  # not empty
+    endpoint.set_meta("d/f", 0o600, T0 + 7 * 10**9)
+    st = endpoint.stat("d/f")
+    assert st is not None and st.mode == 0o600
+    assert st.mtime_ns == (T0 + 7 * 10**9) // _prec(endpoint) * _prec(endpoint)
+    endpoint.set_meta("d", 0o750, T0)
+    st = endpoint.stat("d")
+    assert st is not None and st.mode == 0o750
+    endpoint.remove("d/f", Kind.FILE)
+    endpoint.remove("d", Kind.DIR)
+    assert endpoint.scan(IgnoreRules()).entries == {}
+
+
+def test_paths_cannot_escape_the_root(endpoint: Endpoint) -> None:
+    for bad in ("../x", "/etc/passwd", "a/../../x"):
+        with pytest.raises(ValueError):
+            endpoint.write_file(bad, iter([b"x"]), 0o644, T0)
+        with pytest.raises(ValueError):
+            endpoint.stat(bad)
+
+
+def test_missing_root(tmp_path, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+    eps: list[Endpoint] = [MemoryEndpoint(exists=False), LocalEndpoint(str(tmp_path / "absent"))]
+    for ep in eps:
+        assert not ep.root_exists()
+        res = ep.scan(IgnoreRules())
+        assert not res.root_exists and res.entries == {}
+        ep.ensure_root()
+        assert ep.root_exists()
