@@ -14,12 +14,16 @@ import pytest
 from helpers import make_tree, tree_state
 
 
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
 def srsync(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("SRSYNC_CONF_DIR", None)
     env["SRSYNC_STATE_DIR"] = str(cwd / ".state")
     env["HOME"] = str(cwd)  # never read the developer's ~/.ssh
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")  # the code under test
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "srsync", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -176,6 +176,21 @@ def autorun(
     execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
 
 
+def _register_command_modules() -> None:
+    """Command groups living in their own modules register themselves on ``app``."""
+    import importlib
+
+    for name in ("srsync.cli.ops", "srsync.cli.twoway"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+_register_command_modules()
+
+
 def run() -> None:
     """Console-script entry point: user errors become one line and an exit code."""
     try:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from srsync.core.entry import Entry, Kind, Problem
+from srsync.core.entry import Entry, Problem
 from srsync.endpoints.base import Endpoint
 from srsync.engine.reporter import Reporter
+from srsync.engine.transfer import SourceChanged, matches, transfer_file
 from srsync.plan import ALPHA, Operation, OpKind, Plan, PlanStats
-
-
-class SourceChanged(OSError):
-    """The source file changed while it was being read; nothing was written."""
 
 
 @dataclass(slots=True)
@@ -23,45 +19,6 @@ class ExecResult:
     problems: list[Problem] = field(default_factory=list)
     applied_ops: list[Operation] = field(default_factory=list)
     stopped: bool = False
-
-
-def matches(current: Entry | None, expected: Entry | None) -> bool:
-    """Whether what is on disk now is what the scan saw (so acting on it is safe)."""
-    if current is None or expected is None:
-        return current is None and expected is None
-    if current.kind is not expected.kind:
-        return False
-    if current.kind is Kind.FILE:
-        return current.size == expected.size and current.mtime_ns == expected.mtime_ns
-    if current.kind is Kind.LINK:
-        return current.target == expected.target
-    return True
-
-
-def _verified_chunks(
-    src: Endpoint, path: str, entry: Entry, job: str, reporter: Reporter
-) -> Iterator[bytes]:
-    """Stream a source file, failing (before any rename) if it changed meanwhile.
-
-    Reads at most the scanned size: a file that keeps growing (a live log)
-    must not keep the transfer going forever.
-    """
-    total = 0
-    blocks = src.read_chunks(path)
-    try:
-        for block in blocks:
-            if total + len(block) > entry.size:
-                raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
-            total += len(block)
-            reporter.bytes_transferred(job, len(block))
-            yield block
-            if total == entry.size:
-                break
-    finally:
-        blocks.close()  # release the (possibly remote) file handle now, not at GC
-    now = src.stat(path)
-    if total != entry.size or not matches(now, entry):
-        raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
 
 
 def _describe(exc: OSError) -> str:
@@ -130,12 +87,7 @@ class Executor:
             dest.remove(op.path, op.expected.kind)
         elif op.kind is OpKind.COPY:
             assert op.entry is not None
-            dest.write_file(
-                op.path,
-                _verified_chunks(src, op.path, op.entry, self.job, self.reporter),
-                op.entry.mode,
-                op.entry.mtime_ns,
-            )
+            transfer_file(src, dest, op.path, op.entry, self.job, self.reporter)
         elif op.kind is OpKind.LINK:
             assert op.entry is not None and op.entry.target is not None
             dest.symlink(op.path, op.entry.target)

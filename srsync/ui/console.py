@@ -154,6 +154,13 @@ class ConsoleReporter(Reporter):
     def pair_done(self, job: str, result: PairResult) -> None:
         if result.outcome == "failed":
             self.err.print(f"[red]{escape(job)}: {escape(result.error)}[/]")
+        elif not self.live and not self.quiet and not result.dry_run:
+            a = result.applied
+            self._line(
+                f"{escape(job)}: {escape(result.pair)}: {result.outcome}: {a.created} created, "
+                f"{a.updated} updated, {a.deleted} deleted, {human_bytes(a.bytes)} "
+                f"in {result.duration:.1f}s"
+            )
 
 
 _STYLE = {"ok": "green", "unchanged": "green", "partial": "yellow", "halted": "red",
