@@ -1,6 +1,7 @@
 """Turn a reconciliation into an ordered list of operations (pure).
 
 Order, for each side written:
+0. (both sides) conflict renames, moving losing versions aside;
 1. removals, deepest first: deleted paths, and old objects that a type change
    between directory and non-directory must clear away;
 2. directories created, parents before children (created owner-writable so
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field
 from srsync.core.compare import Diff
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath, depth, parent
-from srsync.core.reconcile import Change, Conflict, Reconciliation
+from srsync.core.reconcile import ALPHA, BETA, Change, Conflict, Reconciliation
 
-ALPHA = "alpha"
-BETA = "beta"
+__all__ = ["ALPHA", "BETA", "OpKind", "Operation", "Plan", "PlanStats", "make_plan"]
 
 
 class OpKind(enum.Enum):
+    RENAME = "rename"  # move a conflict's losing version aside, before everything else
     REMOVE = "remove"
     MKDIR = "mkdir"
     COPY = "copy"
@@ -43,6 +44,7 @@ class Operation:
     expected: Entry | None  # what the side held at scan time; re-checked before acting
     entry: Entry | None = None  # the new object (for REMOVE: None)
     is_update: bool = False  # replaces an existing object (type changes included)
+    new_path: RelPath | None = None  # RENAME only
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class PlanStats:
     deleted: int = 0
     meta: int = 0
     bytes: int = 0
+    conflicts: int = 0
 
     def add(self, other: PlanStats) -> None:
         self.created += other.created
@@ -59,6 +62,7 @@ class PlanStats:
         self.deleted += other.deleted
         self.meta += other.meta
         self.bytes += other.bytes
+        self.conflicts += other.conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +149,18 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
     return removes + mkdirs + writes + file_meta + dmeta, stats
 
 
-def make_plan(rec: Reconciliation, alpha: Snapshot, beta: Snapshot) -> Plan:
-    """Order the changes of ``rec`` into operations: beta's first, then alpha's."""
-    ops_b, stats = _side_ops(rec.beta_changes, BETA, alpha)
-    ops_a, stats_a = _side_ops(rec.alpha_changes, ALPHA, beta)
+def make_plan(rec: Reconciliation) -> Plan:
+    """Order the reconciliation into operations: conflict renames, then beta's, then alpha's.
+
+    Renames go first on both sides because the other side may copy the
+    moved-aside version from its new name.
+    """
+    renames = [
+        Operation(OpKind.RENAME, r.path, r.side, expected=r.entry, entry=r.entry, new_path=r.new_path)
+        for r in rec.renames
+    ]
+    ops_b, stats = _side_ops(rec.beta_changes, BETA, rec.final)
+    ops_a, stats_a = _side_ops(rec.alpha_changes, ALPHA, rec.final)
     stats.add(stats_a)
-    return Plan(tuple(ops_b + ops_a), rec.conflicts, stats)
+    stats.conflicts = len(rec.conflicts)
+    return Plan(tuple(renames + ops_b + ops_a), rec.conflicts, stats)

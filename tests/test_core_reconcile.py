@@ -25,7 +25,7 @@ CMP = Comparator()
 
 def one_way(alpha: dict[str, Entry], beta: dict[str, Entry]):  # type: ignore[no-untyped-def]
     rec = reconcile({}, alpha, beta, Mode.ONE_WAY_REPLICA, CMP)
-    return rec, make_plan(rec, alpha, beta)
+    return rec, make_plan(rec)
 
 
 def _apply(beta: dict[str, Entry], plan) -> dict[str, Entry]:  # type: ignore[no-untyped-def]

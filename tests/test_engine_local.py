@@ -237,7 +237,3 @@ def test_history_is_recorded(tmp_path: Path) -> None:
     rows = db.history("hist")
     db.close()
     assert len(rows) == 1 and rows[0].outcome == "ok" and rows[0].created == 1 and rows[0].bytes == 5
-
-
-def test_ops_kinds_used(tmp_path: Path) -> None:
-    assert {k.value for k in OpKind} == {"remove", "mkdir", "copy", "link", "meta"}

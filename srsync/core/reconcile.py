@@ -1,23 +1,38 @@
-"""Three-way reconciliation of ancestor, alpha and beta into changes and conflicts.
+"""Three-way reconciliation of ancestor, alpha and beta into changes, renames and conflicts.
 
-One function serves every mode: one-way mirroring (``Zero2One``) is the
-replica mode of the same reconcile, where beta is made equal to alpha and the
-ancestor does not matter.
+One function serves every mode.  It first decides the *final* tree F, what
+both sides should hold after the run, path by path; each side's changes are
+then simply the differences between that side and F.  One-way mirroring
+(``Zero2One``) is the replica mode, where F is alpha and the ancestor does
+not matter; two-way sync (``One2One``) decides F from what changed on each
+side since the ancestor.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from srsync.core.compare import Comparator, Diff
-from srsync.core.entry import Entry, Snapshot
-from srsync.core.paths import RelPath
+from srsync.core.entry import Entry, Kind, Snapshot
+from srsync.core.paths import ROOT, RelPath, basename, depth, join, parent
+
+ALPHA = "alpha"
+BETA = "beta"
+SIDE_LABEL = {ALPHA: "mirror", BETA: "target"}
 
 
 class Mode(enum.Enum):
     ONE_WAY_REPLICA = "Zero2One"
     TWO_WAY = "One2One"
+
+
+class Policy(enum.Enum):
+    KEEP_BOTH = "keep-both"
+    NEWER = "newer"
+    MIRROR = "mirror"
+    TARGET = "target"
+    ASK = "ask"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +46,27 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class Rename:
+    """Move a conflict's losing version aside on its own side, before anything else."""
+
+    side: str
+    path: RelPath
+    new_path: RelPath
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
 class Conflict:
     path: RelPath
     reason: str
     alpha: Entry | None
     beta: Entry | None
+    resolution: str = ""  # what was done; "" while left for review
+    copy_path: RelPath | None = None  # where the losing version was kept, if anywhere
+
+    @property
+    def unresolved(self) -> bool:
+        return not self.resolution
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +74,44 @@ class Reconciliation:
     alpha_changes: tuple[Change, ...] = ()
     beta_changes: tuple[Change, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
+    renames: tuple[Rename, ...] = ()
+    # what both sides hold once every change is applied: the next ancestor
+    final: Snapshot = field(default_factory=dict)
+    # paths left untouched on both sides (conflicts for review)
+    unresolved: frozenset[RelPath] = frozenset()
 
     @property
     def empty(self) -> bool:
-        return not (self.alpha_changes or self.beta_changes or self.conflicts)
+        return not (self.alpha_changes or self.beta_changes or self.conflicts or self.renames)
+
+
+def conflict_name(path: RelPath, side: str, stamp: str, taken: set[RelPath]) -> RelPath:
+    """``dir/name.conflict-<side>-<stamp>.ext``, suffixed ``-N`` until unused."""
+    name = basename(path)
+    dot = name.rfind(".")
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    base = f"{stem}.conflict-{SIDE_LABEL[side]}-{stamp}"
+    candidate = join(parent(path), base + ext)
+    n = 1
+    while candidate in taken:
+        candidate = join(parent(path), f"{base}-{n}{ext}")
+        n += 1
+    return candidate
+
+
+def needs_digest(ancestor: Snapshot, alpha: Snapshot, beta: Snapshot, cmp: Comparator) -> list[RelPath]:
+    """Files whose content must be hashed to tell a real conflict from an identical edit."""
+    out = []
+    for path, a in alpha.items():
+        b = beta.get(path)
+        if b is None or not (a.is_file and b.is_file) or a.size != b.size:
+            continue
+        if a.digest is not None and b.digest is not None:
+            continue
+        o = ancestor.get(path)
+        if cmp.diff(o, a) is not Diff.SAME and cmp.diff(o, b) is not Diff.SAME:
+            out.append(path)
+    return out
 
 
 def reconcile(
@@ -55,18 +120,177 @@ def reconcile(
     beta: Snapshot,
     mode: Mode,
     cmp: Comparator,
+    policy: Policy = Policy.KEEP_BOTH,
+    decisions: dict[RelPath, Policy] | None = None,
+    stamp: str = "00000000-000000",
 ) -> Reconciliation:
+    """Decide the final tree and each side's changes.
+
+    ``decisions`` are per-path policies chosen by the user for earlier
+    conflicts (``srsync resolve``); ``stamp`` names conflict copies (the core
+    has no clock).
+    """
     if mode is Mode.ONE_WAY_REPLICA:
-        return _replica(alpha, beta, cmp)
-    raise NotImplementedError(f"mode {mode.value} is not available yet")
+        final = dict(alpha)
+        return Reconciliation(beta_changes=_changes(beta, final, cmp, frozenset()), final=final)
+    return _TwoWay(ancestor, alpha, beta, cmp, policy, decisions or {}, stamp).run()
 
 
-def _replica(alpha: Snapshot, beta: Snapshot, cmp: Comparator) -> Reconciliation:
-    changes: list[Change] = []
-    for path in sorted(alpha.keys() | beta.keys()):
-        a = alpha.get(path)
-        b = beta.get(path)
-        diff = cmp.diff(a, b)
+def _changes(side: Snapshot, final: Snapshot, cmp: Comparator, skip: frozenset[RelPath]) -> tuple[Change, ...]:
+    out = []
+    for path in sorted(side.keys() | final.keys()):
+        if path in skip:
+            continue
+        cur, fin = side.get(path), final.get(path)
+        diff = cmp.diff(cur, fin)
         if diff is not Diff.SAME:
-            changes.append(Change(path, old=b, new=a, diff=diff))
-    return Reconciliation(beta_changes=tuple(changes))
+            out.append(Change(path, old=cur, new=fin, diff=diff))
+    return tuple(out)
+
+
+class _TwoWay:
+    def __init__(
+        self,
+        ancestor: Snapshot,
+        alpha: Snapshot,
+        beta: Snapshot,
+        cmp: Comparator,
+        policy: Policy,
+        decisions: dict[RelPath, Policy],
+        stamp: str,
+    ) -> None:
+        self.anc, self.cmp, self.policy, self.decisions, self.stamp = ancestor, cmp, policy, decisions, stamp
+        self.side = {ALPHA: dict(alpha), BETA: dict(beta)}
+        self.orig = {ALPHA: alpha, BETA: beta}
+        self.final: Snapshot = {}
+        self.renames: list[Rename] = []
+        self.conflicts: list[Conflict] = []
+        self.unresolved: set[RelPath] = set()
+        self.taken: set[RelPath] = set(alpha) | set(beta) | set(ancestor)
+
+    def run(self) -> Reconciliation:
+        a_snap, b_snap = self.orig[ALPHA], self.orig[BETA]
+        for path in sorted(self.anc.keys() | a_snap.keys() | b_snap.keys()):
+            self._decide(path, self.anc.get(path), a_snap.get(path), b_snap.get(path))
+        self._fix_parents()
+        # Inside a subtree left for review nothing is touched either.
+        frozen = frozenset(
+            p for p in self.taken | set(self.final) if self.unresolved and self._in_unresolved(p)
+        )
+        for p in frozen:
+            self.final.pop(p, None)
+        return Reconciliation(
+            alpha_changes=_changes(self.side[ALPHA], self.final, self.cmp, frozen),
+            beta_changes=_changes(self.side[BETA], self.final, self.cmp, frozen),
+            conflicts=tuple(self.conflicts),
+            renames=tuple(self.renames),
+            final=self.final,
+            unresolved=frozen,
+        )
+
+    def _in_unresolved(self, path: RelPath) -> bool:
+        while path != ROOT:
+            if path in self.unresolved:
+                return True
+            path = parent(path)
+        return False
+
+    # ---- per path ------------------------------------------------------
+    def _decide(self, path: RelPath, o: Entry | None, a: Entry | None, b: Entry | None) -> None:
+        changed_a = self.cmp.diff(o, a) is not Diff.SAME
+        changed_b = self.cmp.diff(o, b) is not Diff.SAME
+        if not changed_b:
+            chosen = a
+        elif not changed_a:
+            chosen = b
+        else:
+            diff = self.cmp.diff(a, b)
+            if diff is not Diff.CONTENT:
+                chosen = a  # identical edits; on metadata-only differences the mirror wins
+            elif a is None:
+                chosen = b  # deleted on alpha, changed on beta: the change is kept
+            elif b is None:
+                chosen = a
+            elif a.is_dir != b.is_dir:
+                chosen = self._dir_wins(path, a, b, "directory on one side, file or link on the other")
+            else:
+                self._conflict(path, o, a, b)
+                return
+        if chosen is not None:
+            self.final[path] = chosen
+
+    def _dir_wins(self, path: RelPath, a: Entry, b: Entry, reason: str) -> Entry:
+        """A directory always beats a file or link; the latter is kept as a conflict copy."""
+        loser_side = BETA if a.is_dir else ALPHA
+        loser = b if a.is_dir else a
+        copy = self._move_aside(loser_side, path, loser)
+        self.conflicts.append(Conflict(path, reason, a, b, f"kept the directory; the {SIDE_LABEL[loser_side]}'s "
+                                       f"version is at {copy}", copy))
+        return a if a.is_dir else b
+
+    def _conflict(self, path: RelPath, o: Entry | None, a: Entry, b: Entry) -> None:
+        reason = "created on both sides with different content" if o is None else "changed on both sides"
+        policy = self.decisions.get(path, self.policy)
+        if policy is Policy.ASK:
+            self.unresolved.add(path)
+            self.conflicts.append(Conflict(path, reason, a, b))
+            return
+        newer_alpha = a.mtime_ns >= b.mtime_ns
+        if policy is Policy.MIRROR:
+            win = ALPHA
+        elif policy is Policy.TARGET:
+            win = BETA
+        else:
+            win = ALPHA if newer_alpha else BETA
+        lose = BETA if win == ALPHA else ALPHA
+        winner, loser = (a, b) if win == ALPHA else (b, a)
+        self.final[path] = winner
+        if policy is Policy.KEEP_BOTH:
+            copy = self._move_aside(lose, path, loser)
+            how = f"kept the {SIDE_LABEL[win]}'s version; the {SIDE_LABEL[lose]}'s is at {copy}"
+            self.conflicts.append(Conflict(path, reason, a, b, how, copy))
+        else:
+            how = f"{policy.value}: kept the {SIDE_LABEL[win]}'s version"
+            self.conflicts.append(Conflict(path, reason, a, b, how))
+
+    def _move_aside(self, side: str, path: RelPath, entry: Entry) -> RelPath:
+        copy = conflict_name(path, side, self.stamp, self.taken)
+        self.taken.add(copy)
+        self.renames.append(Rename(side, path, copy, entry))
+        snap = self.side[side]
+        snap.pop(path, None)
+        snap[copy] = entry
+        self.final[copy] = entry
+        return copy
+
+    # ---- whole tree ----------------------------------------------------
+    def _fix_parents(self) -> None:
+        """Every path kept needs its parent kept as a directory.
+
+        A deletion of a directory on one side loses against anything kept
+        inside it; a file that replaced such a directory is moved aside.
+        Deepest paths first, so repairs climb towards the root.
+        """
+        for path in sorted(set(self.final), key=lambda p: (-depth(p), p)):
+            if path not in self.final:
+                continue
+            self._ensure_dir(parent(path))
+
+    def _ensure_dir(self, q: RelPath) -> None:
+        while q != ROOT:
+            current = self.final.get(q)
+            if current is not None and current.kind is Kind.DIR:
+                return
+            a, b = self.orig[ALPHA].get(q), self.orig[BETA].get(q)
+            dir_entry = a if a is not None and a.is_dir else b
+            if dir_entry is None or not dir_entry.is_dir:
+                return  # cannot happen for a path kept from a real side
+            if current is not None:
+                # a file or link won at q, but something below q must be kept
+                loser_side = ALPHA if a is not None and not a.is_dir else BETA
+                copy = self._move_aside(loser_side, q, current)
+                self.conflicts.append(Conflict(
+                    q, "replaced by a file on one side while its contents changed on the other",
+                    a, b, f"kept the directory; the file is at {copy}", copy))
+            self.final[q] = dir_entry
+            q = parent(q)

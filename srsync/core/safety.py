@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from srsync.core.entry import Snapshot
-from srsync.core.reconcile import Reconciliation
+from srsync.core.reconcile import Change, Reconciliation
 
 
 @dataclass(frozen=True, slots=True)
 class Halt:
     guard: str
     reason: str
+
+
+def _deletes(changes: tuple[Change, ...]) -> int:
+    return sum(1 for ch in changes if ch.new is None)
 
 
 def check_guards(
@@ -21,34 +25,47 @@ def check_guards(
     *,
     alpha_root_exists: bool,
     max_delete_percent: float,
+    two_way: bool = False,
+    ancestor_count: int = 0,
     mirror_label: str = "mirror",
     target_label: str = "target",
 ) -> list[Halt]:
-    """Every guard that trips for this reconciliation; empty when it is safe to run."""
+    """Every guard that trips for this reconciliation; empty when it is safe to run.
+
+    An empty or missing root is the classic sign of an unmounted disk or a
+    wrong path: propagating it would wipe the other side.
+    """
     halts: list[Halt] = []
     if not alpha_root_exists:
-        halts.append(
-            Halt("mirror-missing", f"the mirror root {mirror_label} does not exist")
-        )
-    elif not alpha and beta:
-        halts.append(
-            Halt(
-                "mirror-empty",
-                f"the mirror root {mirror_label} is empty, so the run would empty "
-                f"{target_label} ({len(beta)} entries)",
-            )
-        )
-    deletes = sum(1 for ch in rec.beta_changes if ch.new is None)
-    deletes += sum(1 for ch in rec.alpha_changes if ch.new is None)
-    total = len(beta) + (len(alpha) if rec.alpha_changes else 0)
-    if total and deletes and not halts:
-        share = 100.0 * deletes / total
-        if share > max_delete_percent:
-            halts.append(
-                Halt(
+        halts.append(Halt("mirror-missing", f"the mirror root {mirror_label} does not exist"))
+    elif not two_way and not alpha and beta:
+        halts.append(Halt(
+            "mirror-empty",
+            f"the mirror root {mirror_label} is empty, so the run would empty "
+            f"{target_label} ({len(beta)} entries)",
+        ))
+    elif two_way and ancestor_count:
+        for snap, other_changes, label, other in (
+            (alpha, rec.beta_changes, mirror_label, target_label),
+            (beta, rec.alpha_changes, target_label, mirror_label),
+        ):
+            if not snap and _deletes(other_changes):
+                halts.append(Halt(
+                    "root-empty",
+                    f"{label} is empty although the last sync saw {ancestor_count} entries, "
+                    f"so the run would empty {other}",
+                ))
+    if halts:
+        return halts
+    for changes, snap, label in ((rec.beta_changes, beta, target_label),
+                                 (rec.alpha_changes, alpha, mirror_label)):
+        deletes = _deletes(changes)
+        if snap and deletes:
+            share = 100.0 * deletes / len(snap)
+            if share > max_delete_percent:
+                halts.append(Halt(
                     "max-delete",
-                    f"the run would delete {deletes} of {total} entries ({share:.0f}%) on "
-                    f"{target_label}, above max_delete = {max_delete_percent:g}%",
-                )
-            )
+                    f"the run would delete {deletes} of {len(snap)} entries ({share:.0f}%) on "
+                    f"{label}, above max_delete = {max_delete_percent:g}%",
+                ))
     return halts

@@ -10,6 +10,7 @@ from srsync.core.entry import Entry, Problem
 from srsync.endpoints.base import Endpoint
 from srsync.engine.reporter import Reporter
 from srsync.engine.transfer import SourceChanged, matches, transfer_file
+from srsync.errors import SrsyncError
 from srsync.plan import ALPHA, Operation, OpKind, Plan, PlanStats
 
 
@@ -19,6 +20,9 @@ class ExecResult:
     problems: list[Problem] = field(default_factory=list)
     applied_ops: list[Operation] = field(default_factory=list)
     stopped: bool = False
+    error: str = ""  # why the run stopped early, when an endpoint became unusable
+    # paths some operation of which was not applied (failed, skipped or never reached)
+    failed_paths: set[str] = field(default_factory=set)
 
 
 def _describe(exc: OSError) -> str:
@@ -44,43 +48,60 @@ class Executor:
 
     def run(self, plan: Plan) -> ExecResult:
         result = ExecResult()
-        for op in plan.operations:
+        ops = plan.operations
+        index = 0
+        for index, op in enumerate(ops):  # noqa: B007 - index is used after the loop
             if self.stop.is_set():
                 result.stopped = True
                 break
             dest, src = (self.alpha, self.beta) if op.side == ALPHA else (self.beta, self.alpha)
             self.reporter.op_started(self.job, op)
             try:
-                done = self._apply(op, dest, src)
+                self._apply(op, dest, src)
             except OSError as exc:
                 prob = Problem(op.path, f"{op.kind.value} failed: {_describe(exc)}", op.side)
                 result.problems.append(prob)
                 self.reporter.problem(self.job, prob)
+                _mark_failed(result, op)
                 continue
-            if done:
-                result.applied_ops.append(op)
-                _count(result.applied, op)
-                self.reporter.op_done(self.job, op)
+            except SrsyncError as exc:
+                # the endpoint is unusable: stop here; what was applied is whole
+                result.stopped = True
+                result.error = str(exc)
+                break
+            result.applied_ops.append(op)
+            _count(result.applied, op)
+            self.reporter.op_done(self.job, op)
+        else:
+            index = len(ops)
+        for op in ops[index:]:
+            _mark_failed(result, op)
         return result
 
-    def _apply(self, op: Operation, dest: Endpoint, src: Endpoint) -> bool:
+    def _apply(self, op: Operation, dest: Endpoint, src: Endpoint) -> None:
         current = dest.stat(op.path)
         if op.kind is OpKind.MKDIR:
             if current is not None and current.is_dir:
-                return True
+                return
             self._check(op, current)
             assert op.entry is not None
             dest.mkdir(op.path, op.entry.mode)
-            return True
+            return
+        if op.kind is OpKind.RENAME:
+            assert op.new_path is not None
+            self._check(op, current)
+            if dest.stat(op.new_path) is not None:
+                raise OSError(errno.EEXIST, "conflict copy name is taken; skipped", op.new_path)
+            dest.rename(op.path, op.new_path)
+            return
         if op.kind is OpKind.META:
             assert op.entry is not None
             if current is None or current.kind is not op.entry.kind:
                 raise OSError(errno.EAGAIN, "changed since scan; skipped", op.path)
             if op.expected is not None:
                 self._check(op, current)
-            mtime = op.entry.mtime_ns
-            dest.set_meta(op.path, op.entry.mode, mtime)
-            return True
+            dest.set_meta(op.path, op.entry.mode, op.entry.mtime_ns)
+            return
         self._check(op, current)
         if op.kind is OpKind.REMOVE:
             assert op.expected is not None
@@ -91,12 +112,17 @@ class Executor:
         elif op.kind is OpKind.LINK:
             assert op.entry is not None and op.entry.target is not None
             dest.symlink(op.path, op.entry.target)
-        return True
 
     @staticmethod
     def _check(op: Operation, current: Entry | None) -> None:
         if not matches(current, op.expected):
             raise OSError(errno.EAGAIN, "changed since scan; skipped, will retry next run", op.path)
+
+
+def _mark_failed(result: ExecResult, op: Operation) -> None:
+    result.failed_paths.add(op.path)
+    if op.new_path is not None:
+        result.failed_paths.add(op.new_path)
 
 
 def _count(stats: PlanStats, op: Operation) -> None:

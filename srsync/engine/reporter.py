@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from srsync.core.entry import Problem
+    from srsync.core.reconcile import Conflict
     from srsync.engine.session import PairResult
     from srsync.plan import Operation, Plan
 
@@ -28,6 +29,8 @@ class Reporter:
     def op_done(self, job: str, op: Operation) -> None: ...
 
     def problem(self, job: str, problem: Problem) -> None: ...
+
+    def conflict(self, job: str, conflict: Conflict) -> None: ...
 
     def halted(self, job: str, reason: str) -> None: ...
 

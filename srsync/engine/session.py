@@ -9,17 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from srsync.core.compare import Comparator
-from srsync.core.entry import Kind, Problem, ScanResult, Snapshot
+from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
 from srsync.core.paths import is_under, link_escapes
-from srsync.core.reconcile import Mode, reconcile
+from srsync.core.reconcile import Conflict, Mode, Policy, Reconciliation, needs_digest, reconcile
+from srsync.core.record import next_ancestor
 from srsync.core.safety import check_guards
 from srsync.endpoints.base import Endpoint
 from srsync.engine.executor import Executor
 from srsync.engine.reporter import Reporter
 from srsync.engine.state import StateDB
-from srsync.errors import SrsyncError
-from srsync.jobspec import PairSpec
+from srsync.errors import ConnectError, SrsyncError
+from srsync.jobspec import ONE2ONE, PairSpec
 from srsync.plan import Plan, PlanStats, make_plan
 
 OK = "ok"
@@ -43,6 +44,7 @@ class PairResult:
     started: float = 0.0
     duration: float = 0.0
     dry_run: bool = False
+    conflicts: list[Conflict] = field(default_factory=list)  # left for review
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,19 @@ def _drop_subtrees(snap: Snapshot, roots: set[str]) -> Snapshot:
 
 
 def _apply_ignore_files(
-    alpha: ScanResult, beta: ScanResult, base: IgnoreRules
+    alpha: ScanResult, beta: ScanResult, base: IgnoreRules, two_way: bool
 ) -> tuple[Snapshot, Snapshot]:
-    """Filter both sides with the config rules plus every .srsyncignore of the mirror."""
+    """Filter both sides with the config rules plus the .srsyncignore files.
+
+    One-way, the mirror's ignore files rule both sides; two-way, both sides'.
+    """
     rules = base
-    for directory in sorted(alpha.ignore_files, key=lambda d: (d.count("/"), d)):
-        rules = rules.with_file(directory, alpha.ignore_files[directory])
+    files = dict(beta.ignore_files) if two_way else {}
+    for directory, text in alpha.ignore_files.items():
+        theirs = files.get(directory)
+        files[directory] = text if theirs in (None, text) else f"{theirs}\n{text}"
+    for directory in sorted(files, key=lambda d: (d.count("/"), d)):
+        rules = rules.with_file(directory, files[directory])
     if rules is base:
         return alpha.entries, beta.entries
     out: list[Snapshot] = []
@@ -127,6 +136,11 @@ class PairSession:
             self.state.store_digests(ep.identity, fresh)
         return out
 
+    @property
+    def pair_key(self) -> str:
+        """Identifies a path pair's two-way state: job, mirror and target locations."""
+        return f"{self.job}|{self.pair.mirror}|{self.pair.target}"
+
     def run(self) -> PairResult:
         res = PairResult(self.job, self.target, self.pair.label, started=time.time(),
                          dry_run=self.options.dry_run)
@@ -144,45 +158,71 @@ class PairSession:
         return res
 
     def _run(self, res: PairResult) -> None:
+        two_way = self.pair.sync_type == ONE2ONE
         rules = IgnoreRules.from_patterns(list(self.pair.exclude))
         sa, sb = self._scan_both(rules)
         problems = [replace(p, side=p.side or "mirror") for p in sa.problems]
         problems += [replace(p, side=p.side or "target") for p in sb.problems]
-        alpha, beta = _apply_ignore_files(sa, sb, rules)
+        alpha, beta = _apply_ignore_files(sa, sb, rules, two_way)
 
         # Paths we could not read are frozen on both sides: never deleted,
         # never overwritten, until a later run can see them.
         frozen = {p.path for p in problems}
-        for path, e in alpha.items():
-            if e.kind is Kind.LINK and e.target is not None and link_escapes(path, e.target):
-                frozen.add(path)
-                problems.append(Problem(path, f"symlink points outside the root ({e.target}); skipped", "mirror"))
+        for label, snap in (("mirror", alpha), ("target", beta)) if two_way else (("mirror", alpha),):
+            for path, e in snap.items():
+                if e.kind is Kind.LINK and e.target is not None and link_escapes(path, e.target):
+                    frozen.add(path)
+                    problems.append(Problem(path, f"symlink points outside the root ({e.target}); skipped", label))
         alpha = _drop_subtrees(alpha, frozen)
         beta = _drop_subtrees(beta, frozen)
         for p in problems:
             self.reporter.problem(self.job, p)
         res.problems.extend(problems)
 
+        precision = max(self.alpha.capabilities.mtime_precision_ns,
+                        self.beta.capabilities.mtime_precision_ns)
+        cmp = Comparator(precision_ns=precision, dir_mtime=not two_way)
+        stored: Snapshot = {}
+        ancestor: Snapshot = {}
+        decisions: dict[str, Policy] = {}
+        if two_way and self.state is not None:
+            stored = self.state.load_ancestor(self.pair_key)
+            ancestor = _drop_subtrees(stored, frozen)
+            decisions = {p: Policy(k) for p, k in self.state.decisions(self.pair_key).items()}
+
         if self.pair.checksum:
             both = [p for p, e in alpha.items() if e.is_file and (b := beta.get(p)) is not None
                     and b.is_file and b.size == e.size]
+        elif two_way:
+            both = needs_digest(ancestor, alpha, beta, cmp)
+        else:
+            both = []
+        if both:
             alpha = self._fill_digests(self.alpha, alpha, both)
             beta = self._fill_digests(self.beta, beta, both)
 
-        precision = max(self.alpha.capabilities.mtime_precision_ns,
-                        self.beta.capabilities.mtime_precision_ns)
-        cmp = Comparator(precision_ns=precision)
-        mode = Mode(self.pair.sync_type)
-        rec = reconcile({}, alpha, beta, mode, cmp)
+        rec = reconcile(
+            ancestor, alpha, beta,
+            Mode.TWO_WAY if two_way else Mode.ONE_WAY_REPLICA,
+            cmp,
+            policy=Policy(self.pair.conflict),
+            decisions=decisions,
+            stamp=time.strftime("%Y%m%d-%H%M%S"),
+        )
+        for c in rec.conflicts:
+            self.reporter.conflict(self.job, c)
         halts = check_guards(
             rec, alpha, beta,
             alpha_root_exists=sa.root_exists,
             max_delete_percent=self.pair.max_delete,
+            two_way=two_way,
+            ancestor_count=len(ancestor),
             mirror_label=self.alpha.description,
             target_label=self.beta.description,
         )
-        plan = make_plan(rec, alpha, beta)
+        plan = make_plan(rec)
         res.plan = plan
+        res.conflicts = [c for c in rec.conflicts if c.unresolved]
         if halts and not self.options.force:
             reason = "; ".join(h.reason for h in halts)
             res.outcome = HALTED
@@ -197,18 +237,61 @@ class PairSession:
 
         if plan.operations or sb.temp_files:
             self.beta.ensure_root()
-        for tmp in sb.temp_files:  # leftovers of an interrupted run of this job
-            with contextlib.suppress(OSError):
-                self.beta.remove(tmp, Kind.FILE)
+        if two_way and plan.operations:
+            self.alpha.ensure_root()
+        self._clean_temps(self.beta, sb.temp_files)
+        if two_way:
+            self._clean_temps(self.alpha, sa.temp_files)
 
         ex = Executor(self.alpha, self.beta, self.reporter, self.job, self.stop).run(plan)
         res.applied = ex.applied
+        res.applied.conflicts = len(rec.conflicts)
         res.problems.extend(ex.problems)
+        if two_way and self.state is not None:
+            self._record(stored, rec, ex.failed_paths, frozen)
+        if ex.error:
+            raise ConnectError(ex.error)
         if ex.stopped:
             res.outcome = PARTIAL
             res.error = "stopped before the plan was complete"
         elif res.problems:
             res.outcome = PARTIAL
+        elif res.conflicts:
+            res.outcome = CONFLICTS
+            res.error = f"{len(res.conflicts)} conflict(s) left for review: srsync conflicts {self.job}"
         else:
             res.outcome = NOTHING if plan.empty else OK
 
+    def _record(
+        self, stored: Snapshot, rec: Reconciliation, failed: set[str], frozen: set[str]
+    ) -> None:
+        """Fold what was verifiably applied into the ancestor and save it atomically."""
+        assert self.state is not None
+        keep = set(frozen) | set(rec.unresolved)
+        new = next_ancestor(stored, rec.final, failed, keep)
+        if new != stored or not self.state.has_ancestor(self.pair_key):
+            self.state.save_ancestor(self.pair_key, self.job, new)
+        self.state.set_conflicts(self.pair_key, self.job, [
+            (c.path, c.reason, _describe_entry(c.alpha), _describe_entry(c.beta))
+            for c in rec.conflicts if c.unresolved
+        ])
+        applied = [p for p in self.state.decisions(self.pair_key) if p not in failed]
+        if applied:
+            self.state.clear_decisions(self.pair_key, applied)
+
+    @staticmethod
+    def _clean_temps(ep: Endpoint, temps: list[str]) -> None:
+        for tmp in temps:  # leftovers of an interrupted run of this job
+            with contextlib.suppress(OSError):
+                ep.remove(tmp, Kind.FILE)
+
+
+def _describe_entry(e: Entry | None) -> str:
+    if e is None:
+        return "absent"
+    if e.kind is Kind.FILE:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.mtime_ns / 1e9))
+        return f"file, {e.size} bytes, modified {when}"
+    if e.kind is Kind.LINK:
+        return f"symlink to {e.target}"
+    return "directory"

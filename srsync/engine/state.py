@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from srsync.core.entry import Entry, Kind, Snapshot
+from srsync.core.paths import ROOT, parent
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -42,6 +45,41 @@ CREATE TABLE IF NOT EXISTS history (
     dry_run INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS history_job ON history (job, id);
+CREATE TABLE IF NOT EXISTS ancestors (
+    pair TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    target TEXT,
+    digest TEXT,
+    PRIMARY KEY (pair, path)
+);
+CREATE TABLE IF NOT EXISTS ancestor_info (
+    pair TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    saved REAL NOT NULL,
+    entries INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conflicts (
+    pair TEXT NOT NULL,
+    job TEXT NOT NULL,
+    path TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    mirror TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detected REAL NOT NULL,
+    PRIMARY KEY (pair, path)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    pair TEXT NOT NULL,
+    job TEXT NOT NULL,
+    path TEXT NOT NULL,
+    keep TEXT NOT NULL,
+    decided REAL NOT NULL,
+    PRIMARY KEY (pair, path)
+);
 """
 
 
@@ -113,6 +151,85 @@ class StateDB:
                 "INSERT OR REPLACE INTO hash_cache (endpoint, path, size, mtime_ns, ino, digest)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 data,
+            )
+
+    # ---- ancestors (two-way state) --------------------------------------
+    def load_ancestor(self, pair: str) -> Snapshot:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, kind, size, mtime_ns, mode, target, digest FROM ancestors WHERE pair = ?",
+                (pair,),
+            ).fetchall()
+        return {r[0]: Entry(Kind(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+    def has_ancestor(self, pair: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM ancestor_info WHERE pair = ?", (pair,)).fetchone()
+        return row is not None
+
+    def save_ancestor(self, pair: str, job: str, snapshot: Snapshot) -> None:
+        """Replace a pair's ancestor in one transaction, after checking it is a valid tree."""
+        for path, entry in snapshot.items():
+            par = parent(path)
+            if par != ROOT and (par not in snapshot or snapshot[par].kind is not Kind.DIR):
+                raise ValueError(f"ancestor for {pair!r} is not a tree: {path!r} has no directory parent")
+            if entry.kind is Kind.LINK and entry.target is None:
+                raise ValueError(f"ancestor for {pair!r}: link {path!r} without a target")
+        rows = [
+            (pair, p, e.kind.value, e.size, e.mtime_ns, e.mode, e.target, e.digest)
+            for p, e in snapshot.items()
+        ]
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM ancestors WHERE pair = ?", (pair,))
+            self._db.executemany(
+                "INSERT INTO ancestors (pair, path, kind, size, mtime_ns, mode, target, digest)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO ancestor_info (pair, job, saved, entries) VALUES (?, ?, ?, ?)",
+                (pair, job, time.time(), len(rows)),
+            )
+
+    # ---- conflicts left for review, and the user's decisions ------------
+    def set_conflicts(self, pair: str, job: str, rows: list[tuple[str, str, str, str]]) -> None:
+        """Replace the open conflicts of a pair: (path, reason, mirror, target) descriptions."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM conflicts WHERE pair = ?", (pair,))
+            self._db.executemany(
+                "INSERT INTO conflicts (pair, job, path, reason, mirror, target, detected)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(pair, job, *r, now) for r in rows],
+            )
+
+    def conflicts(self, job: str | None = None) -> list[tuple[str, str, str, str, str, str, float]]:
+        """Open conflicts: (job, pair, path, reason, mirror, target, detected)."""
+        sql = "SELECT job, pair, path, reason, mirror, target, detected FROM conflicts"
+        args: tuple[str, ...] = ()
+        if job:
+            sql += " WHERE job = ?"
+            args = (job,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY job, pair, path", args).fetchall()
+        return [tuple(r) for r in rows]
+
+    def decide(self, pair: str, job: str, path: str, keep: str) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO decisions (pair, job, path, keep, decided) VALUES (?, ?, ?, ?, ?)",
+                (pair, job, path, keep, time.time()),
+            )
+
+    def decisions(self, pair: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT path, keep FROM decisions WHERE pair = ?", (pair,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def clear_decisions(self, pair: str, paths: list[str]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "DELETE FROM decisions WHERE pair = ? AND path = ?", [(pair, p) for p in paths]
             )
 
     # ---- history -------------------------------------------------------
