@@ -24,11 +24,12 @@ from srsync.engine.reporter import Reporter
 
 if TYPE_CHECKING:
     from srsync.core.entry import Problem
+    from srsync.core.reconcile import Conflict
     from srsync.engine.runner import JobResult
     from srsync.engine.session import PairResult
     from srsync.plan import Operation, Plan
 
-_VERB = {"remove": "delete", "mkdir": "mkdir", "copy": "copy", "link": "link", "meta": "attrs"}
+_VERB = {"rename": "aside", "remove": "delete", "mkdir": "mkdir", "copy": "copy", "link": "link", "meta": "attrs"}
 
 
 def human_bytes(n: float) -> str:
@@ -39,8 +40,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def describe_op(op: Operation) -> str:
+def describe_op(op: Operation, two_way: bool = False) -> str:
+    text = _describe_op(op)
+    if two_way:
+        return f"{'-> target' if op.side == 'beta' else '<- mirror'}  {text}"
+    return text
+
+
+def _describe_op(op: Operation) -> str:
     verb = _VERB[op.kind.value]
+    if op.kind.value == "rename":
+        return f"{'aside':7} {op.path} => {op.new_path}"
     if op.kind.value == "copy":
         verb = "update" if op.is_update else "create"
         size = op.entry.size if op.entry else 0
@@ -115,11 +125,16 @@ class ConsoleReporter(Reporter):
                 self._line(f"[bold]{escape(job)}[/]: {escape(pair)}: nothing to do")
                 return
             self._line(f"[bold]{escape(job)}[/]: plan for {escape(pair)}")
+            two_way = any(op.side == "alpha" for op in plan.operations) or bool(plan.conflicts)
             for op in plan.operations:
-                self._line(f"  {escape(describe_op(op))}")
+                self._line(f"  {escape(describe_op(op, two_way))}")
+            for c in plan.conflicts:
+                what = c.resolution or "left for review"
+                self._line(f"  [magenta]conflict {escape(c.path)}[/]: {escape(c.reason)}; {escape(what)}")
             self._line(
                 f"  total: {s.created} to create, {s.updated} to update, {s.deleted} to delete, "
-                f"{s.meta} attribute changes, {human_bytes(s.bytes)} to transfer"
+                f"{s.meta} attribute changes, {len(plan.conflicts)} conflicts, "
+                f"{human_bytes(s.bytes)} to transfer"
             )
             return
         if self._progress is not None and s.bytes:
@@ -144,6 +159,11 @@ class ConsoleReporter(Reporter):
         side = f"{problem.side} " if problem.side else ""
         self.err.print(f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
                            f"{escape(problem.message)}[/]")
+
+    def conflict(self, job: str, conflict: Conflict) -> None:
+        what = conflict.resolution or "left for review (srsync conflicts)"
+        self.err.print(f"[magenta]{escape(job)}: conflict at {escape(conflict.path)}: "
+                       f"{escape(conflict.reason)}; {escape(what)}[/]")
 
     def halted(self, job: str, reason: str) -> None:
         self.err.print(f"[red]{escape(job)}: halted: {escape(reason)}[/]")
@@ -172,11 +192,11 @@ def summary_table(results: list[JobResult], dry_run: bool) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("job", "target", "pair", "result"):
         table.add_column(col)
-    for col in ("created", "updated", "deleted", "bytes", "time"):
+    for col in ("created", "updated", "deleted", "conflicts", "bytes", "time"):
         table.add_column(col, justify="right")
     for jr in results:
         if not jr.pairs:
-            table.add_row(jr.job, "", "", "[red]failed[/]", "", "", "", "", "")
+            table.add_row(jr.job, "", "", "[red]failed[/]", "", "", "", "", "", "")
             continue
         for pr in jr.pairs:
             stats = pr.plan.stats if (dry_run and pr.plan) else pr.applied
@@ -185,8 +205,18 @@ def summary_table(results: list[JobResult], dry_run: bool) -> Table:
             table.add_row(
                 escape(pr.job), escape(pr.target), escape(pr.pair), f"[{style}]{outcome}[/]",
                 str(stats.created), str(stats.updated), str(stats.deleted),
-                human_bytes(stats.bytes), f"{pr.duration:.1f}s",
+                str(stats.conflicts), human_bytes(stats.bytes), f"{pr.duration:.1f}s",
             )
+    return table
+
+
+def conflicts_table(rows: list[tuple[str, str, str, str, str, str, float]]) -> Table:
+    table = Table(title="conflicts left for review", title_justify="left")
+    for col in ("job", "path", "reason", "mirror", "target", "detected"):
+        table.add_column(col)
+    for job, _pair, path, reason, mirror, target, detected in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(detected))
+        table.add_row(escape(job), escape(path), escape(reason), escape(mirror), escape(target), when)
     return table
 
 
