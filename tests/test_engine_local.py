@@ -10,7 +10,7 @@ from helpers import local_job, make_tree, run, tree_state
 
 from srsync import errors
 from srsync.engine.reporter import Reporter
-from srsync.plan import Operation, OpKind
+from srsync.plan import Operation
 
 
 @pytest.fixture(autouse=True)
@@ -237,3 +237,56 @@ def test_history_is_recorded(tmp_path: Path) -> None:
     rows = db.history("hist")
     db.close()
     assert len(rows) == 1 and rows[0].outcome == "ok" and rows[0].created == 1 and rows[0].bytes == 5
+
+
+def test_nfd_names_on_disk_sync_and_nfc_twins_are_refused(tmp_path: Path) -> None:
+    import unicodedata
+
+    m, t = tmp_path / "m", tmp_path / "t"
+    nfd_dir = unicodedata.normalize("NFD", "Über")
+    make_tree(m, {f"{nfd_dir}/{unicodedata.normalize('NFD', 'café')}": b"nfd bytes", "plain": b"p"})
+    r = run(local_job(m, t))
+    assert r.exit_code == 0, r.pairs[0].problems
+    assert (t / "Über" / "café").read_bytes() == b"nfd bytes"
+    assert run(local_job(m, t)).pairs[0].plan.empty  # type: ignore[union-attr]
+    # now two spellings of one name side by side: neither may shadow the other
+    (m / nfd_dir / "café").write_bytes(b"nfc twin")
+    before = tree_state(t)
+    r = run(local_job(m, t))
+    assert r.exit_code == errors.EXIT_PARTIAL
+    assert any("Unicode normalisation" in p.message for p in r.pairs[0].problems)
+    assert tree_state(t) == before
+
+
+def test_case_collisions_refused_on_case_insensitive_target(tmp_path: Path) -> None:
+    from srsync.endpoints.memory import MemoryEndpoint
+    from srsync.engine.session import PairSession, SyncOptions
+    from srsync.jobspec import Location, PairSpec
+
+    alpha, beta = MemoryEndpoint("a"), MemoryEndpoint("b")
+    beta.capabilities = type(beta.capabilities)(case_insensitive=True)
+    alpha.put("Readme.md", b"one")
+    alpha.put("README.md", b"two")
+    alpha.put("other", b"fine")
+    pair = PairSpec(Location("a"), Location("b"))
+    res = PairSession("j", "t", pair, alpha, beta, Reporter(), None, SyncOptions()).run()
+    assert res.outcome == "partial"
+    assert {p.path for p in res.problems} == {"Readme.md", "README.md"}
+    assert set(beta.entries) == {"other"}, "neither colliding name was written"
+    # a case-sensitive target holds both
+    beta2 = MemoryEndpoint("c")
+    res = PairSession("j", "t", pair, alpha, beta2, Reporter(), None, SyncOptions()).run()
+    assert res.outcome == "ok" and set(beta2.entries) == {"Readme.md", "README.md", "other"}
+
+
+def test_case_probe_never_writes(tmp_path: Path) -> None:
+    from srsync.core.ignore import IgnoreRules
+    from srsync.endpoints.local import LocalEndpoint
+
+    make_tree(tmp_path / "m", {"Name": b"x"})
+    before = tree_state(tmp_path / "m")
+    mtime = os.stat(tmp_path / "m").st_mtime_ns
+    ep = LocalEndpoint(str(tmp_path / "m"))
+    ep.scan(IgnoreRules())
+    assert not ep.capabilities.case_insensitive  # ext4/tmpfs here
+    assert tree_state(tmp_path / "m") == before and os.stat(tmp_path / "m").st_mtime_ns == mtime

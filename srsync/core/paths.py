@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
 RelPath = str
 
@@ -98,3 +99,19 @@ def link_escapes(link_path: RelPath, target: str) -> bool:
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
+
+
+def case_collisions(paths: Iterable[RelPath]) -> set[RelPath]:
+    """Paths that only differ in letter case from another path of the same set.
+
+    A case-insensitive filesystem can hold just one of them: writing the
+    second would silently replace the first.
+    """
+    groups: dict[str, list[RelPath]] = {}
+    for path in paths:
+        groups.setdefault(nfc(path).casefold(), []).append(path)
+    out: set[RelPath] = set()
+    for members in groups.values():
+        if len(members) > 1:
+            out.update(members)
+    return out

@@ -53,6 +53,9 @@ class LocalEndpoint(Endpoint):
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
+        # On-disk spelling of paths whose names are not NFC (as found by the
+        # last scan): the core only ever sees NFC, the disk keeps its bytes.
+        self._disk_names: dict[RelPath, str] = {}
 
     @property
     def description(self) -> str:
@@ -62,7 +65,36 @@ class LocalEndpoint(Endpoint):
         if path == ROOT:
             return self.root
         validate_relpath(path)
+        if self._disk_names:
+            parts: list[str] = []
+            current = ROOT
+            for part in path.split("/"):
+                current = join(current, part)
+                parts.append(self._disk_names.get(current, part))
+            path = "/".join(parts)
         return os.path.join(self.root, path)
+
+    def _probe_case(self, names: list[str]) -> None:
+        """Find out, without writing anything, whether the filesystem folds letter case.
+
+        Looks an existing name up with its case swapped: on a case-folding
+        filesystem it is the same object.
+        """
+        candidates = [os.path.join(self.root, n) for n in names[:8]] + [self.root]
+        for full in candidates:
+            head, tail = os.path.split(full)
+            swapped = tail.swapcase()
+            if swapped == tail:
+                continue
+            try:
+                a = os.lstat(full)
+                b = os.lstat(os.path.join(head, swapped))
+            except OSError:
+                folded = False
+            else:
+                folded = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+            self.capabilities = Capabilities(mtime_precision_ns=1, case_insensitive=folded)
+            return
 
     # ---- reading -------------------------------------------------------
     def root_exists(self) -> bool:
@@ -70,12 +102,14 @@ class LocalEndpoint(Endpoint):
 
     def scan(self, rules: IgnoreRules) -> ScanResult:
         result = ScanResult(entries={})
+        self._disk_names = {}
         if not self.root_exists():
             result.root_exists = False
             return result
         stack: list[RelPath] = [ROOT]
         while stack:
             rel_dir = stack.pop()
+            seen: set[str] = set()
             try:
                 with os.scandir(self._abs(rel_dir)) as it:
                     items = list(it)
@@ -93,10 +127,20 @@ class LocalEndpoint(Endpoint):
                         Problem(join(rel_dir, shown), "name is not valid UTF-8 or not allowed; skipped")
                     )
                     continue
-                rel = join(rel_dir, nfc(name))
                 if is_temp_name(name):
                     result.temp_files.append(join(rel_dir, name))
                     continue
+                rel = join(rel_dir, nfc(name))
+                if rel in seen:
+                    # both spellings would be one path on the other side: never merge them
+                    result.problems.append(
+                        Problem(rel, "two names differ only in Unicode normalisation; both skipped")
+                    )
+                    result.entries.pop(rel, None)
+                    continue
+                seen.add(rel)
+                if nfc(name) != name:
+                    self._disk_names[rel] = name
                 try:
                     s = item.stat(follow_symlinks=False)
                     target = os.readlink(item.path) if st.S_ISLNK(s.st_mode) else None
@@ -118,6 +162,7 @@ class LocalEndpoint(Endpoint):
                             result.ignore_files[rel_dir] = fh.read()
                     except OSError as exc:
                         result.problems.append(Problem(rel, f"cannot read: {exc.strerror}"))
+        self._probe_case([p for p in result.entries if "/" not in p])
         return result
 
     def stat(self, path: RelPath) -> Entry | None:

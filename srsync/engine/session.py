@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
-from srsync.core.paths import is_under, link_escapes
+from srsync.core.paths import case_collisions, is_under, link_escapes
 from srsync.core.reconcile import Conflict, Mode, Policy, Reconciliation, needs_digest, reconcile
 from srsync.core.record import next_ancestor
 from srsync.core.safety import check_guards
@@ -173,6 +173,7 @@ class PairSession:
                 if e.kind is Kind.LINK and e.target is not None and link_escapes(path, e.target):
                     frozen.add(path)
                     problems.append(Problem(path, f"symlink points outside the root ({e.target}); skipped", label))
+        frozen |= self._case_collisions(alpha, beta, two_way, problems)
         alpha = _drop_subtrees(alpha, frozen)
         beta = _drop_subtrees(beta, frozen)
         for p in problems:
@@ -278,6 +279,24 @@ class PairSession:
         applied = [p for p in self.state.decisions(self.pair_key) if p not in failed]
         if applied:
             self.state.clear_decisions(self.pair_key, applied)
+
+    def _case_collisions(
+        self, alpha: Snapshot, beta: Snapshot, two_way: bool, problems: list[Problem]
+    ) -> set[str]:
+        """Names a case-insensitive side cannot hold apart: refused, never merged."""
+        a_ci = self.alpha.capabilities.case_insensitive
+        b_ci = self.beta.capabilities.case_insensitive
+        if not (b_ci or (two_way and a_ci)):
+            return set()
+        if two_way:
+            found = case_collisions(alpha.keys() | beta.keys())
+        else:
+            found = case_collisions(alpha.keys())
+        for path in sorted(found):
+            problems.append(Problem(
+                path, "differs from another name only in letter case, which the "
+                f"{'target' if b_ci else 'mirror'} cannot tell apart; skipped", "mirror"))
+        return found
 
     @staticmethod
     def _clean_temps(ep: Endpoint, temps: list[str]) -> None:
