@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
-from srsync.core.paths import case_collisions, is_under, link_escapes
+from srsync.core.paths import ROOT, case_collisions, is_under, link_escapes
 from srsync.core.reconcile import Conflict, Mode, Policy, Reconciliation, needs_digest, reconcile
 from srsync.core.record import next_ancestor
 from srsync.core.safety import check_guards
@@ -167,7 +167,10 @@ class PairSession:
 
         # Paths we could not read are frozen on both sides: never deleted,
         # never overwritten, until a later run can see them.
-        frozen = {p.path for p in problems}
+        # (Never the root itself: a bad name reported there would freeze the
+        # whole tree; an unreadable root shows as empty, which the guards and
+        # the executor's re-checks already handle.)
+        frozen = {p.path for p in problems if p.path != ROOT}
         for label, snap in (("mirror", alpha), ("target", beta)) if two_way else (("mirror", alpha),):
             for path, e in snap.items():
                 if e.kind is Kind.LINK and e.target is not None and link_escapes(path, e.target):
