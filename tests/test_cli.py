@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from helpers import make_tree, tree_state
 
-
 REPO = str(Path(__file__).resolve().parent.parent)
 
 

@@ -15,6 +15,8 @@ import typer
 from srsync import errors
 
 if TYPE_CHECKING:
+    from srsync.engine.daemon import JobSource
+    from srsync.engine.reporter import Reporter
     from srsync.jobspec import JobSpec
 
 app = typer.Typer(
@@ -58,7 +60,8 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 
 def execute_jobs(
-    jobs: list[JobSpec], *, dry_run: bool, force: bool, verbose: int, quiet: bool
+    jobs: list[JobSpec], *, dry_run: bool, force: bool, verbose: int, quiet: bool,
+    log_file: Path | None = None, json_logs: bool = False,
 ) -> None:
     """Run jobs once, print the summary, exit with the combined code."""
     from srsync.engine.runner import combine_exit, run_jobs
@@ -74,10 +77,36 @@ def execute_jobs(
     _install_stop_handlers(stop)
     started = time.time()
     with ConsoleReporter(console, verbose=verbose, quiet=quiet) as reporter:
-        results = run_jobs(jobs, reporter, SyncOptions(dry_run=dry_run, force=force), stop)
+        run_reporter: Reporter = reporter
+        if log_file is not None:
+            from srsync.cli.ops import configure_logging
+            from srsync.engine.daemon import LogReporter
+            from srsync.engine.status import FanoutReporter
+
+            configure_logging(verbose=verbose, quiet=quiet, log_file=log_file,
+                              json_logs=json_logs, to_stderr=False)
+            run_reporter = FanoutReporter(reporter, LogReporter())
+        results = run_jobs(jobs, run_reporter, SyncOptions(dry_run=dry_run, force=force), stop)
     if not quiet or any(r.exit_code for r in results):
         print_summary(console, results, dry_run, started)
     raise typer.Exit(combine_exit([r.exit_code for r in results]))
+
+
+def run_daemon(
+    source: JobSource, *, dry_run: bool, force: bool, verbose: int, quiet: bool,
+    log_file: Path | None, json_logs: bool, retry_max: float, rescan: float,
+) -> NoReturn:
+    """Keep running every job on its schedule / on changes until SIGINT or SIGTERM."""
+    from srsync.cli.ops import configure_logging
+    from srsync.engine.daemon import Daemon, DaemonOptions, LogReporter
+
+    configure_logging(verbose=verbose, quiet=quiet, log_file=log_file, json_logs=json_logs,
+                      to_stderr=True)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    options = DaemonOptions(dry_run=dry_run, force=force, retry_base=min(2.0, retry_max),
+                            retry_max=retry_max, rescan=rescan)
+    raise typer.Exit(Daemon(source, LogReporter(), options, stop).run())
 
 
 DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Show the full plan; change nothing.")]
@@ -86,6 +115,14 @@ Force = Annotated[
 ]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log every file operation.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print problems and errors.")]
+Daemon = Annotated[bool, typer.Option(
+    "--daemon", "-d", help="Keep running: each job on its schedule and/or live on local changes.")]
+LogFile = Annotated[Path | None, typer.Option("--log-file", help="Also append log lines to this file.")]
+JsonLogs = Annotated[bool, typer.Option("--json-logs", help="Log lines as JSON objects (one per line).")]
+RetryMax = Annotated[float, typer.Option(
+    "--retry-max", min=0.1, help="Daemon: cap of the retry backoff after a failed run, seconds.")]
+Rescan = Annotated[float, typer.Option(
+    "--rescan", min=1.0, help="Daemon: watched jobs without schedule rescan fully this often, seconds.")]
 
 
 @app.command()
@@ -146,6 +183,11 @@ def loadconfig(
     force: Force = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
+    daemon: Daemon = False,
+    log_file: LogFile = None,
+    json_logs: JsonLogs = False,
+    retry_max: RetryMax = 300.0,
+    rescan: Rescan = 3600.0,
 ) -> None:
     """Run the job in one config file, anywhere on disk."""
     from srsync.config import loader
@@ -154,7 +196,13 @@ def loadconfig(
         job = loader.load_job_file(path)
     except errors.SrsyncError as exc:
         fail(exc)
-    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+    if daemon:
+        from srsync.engine.daemon import file_source
+
+        run_daemon(file_source(path), dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+                   log_file=log_file, json_logs=json_logs, retry_max=retry_max, rescan=rescan)
+    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+                 log_file=log_file, json_logs=json_logs)
 
 
 @app.command()
@@ -165,15 +213,32 @@ def autorun(
     force: Force = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
+    daemon: Daemon = False,
+    log_file: LogFile = None,
+    json_logs: JsonLogs = False,
+    retry_max: RetryMax = 300.0,
+    rescan: Rescan = 3600.0,
 ) -> None:
-    """Run every enabled job in the config folder once: jobs in parallel, targets in order."""
+    """Run every enabled job in the config folder once, or keep running with --daemon.
+
+    Once: jobs in parallel, each job's targets in order, then a summary.  With --daemon:
+    each job on its schedule and/or live on local changes until SIGINT/SIGTERM."""
     from srsync.config import loader
 
+    folder = loader.resolve_conf_dir(conf_dir)
+    names = list(job) if job else None
     try:
-        jobs = loader.load_conf_dir(loader.resolve_conf_dir(conf_dir), list(job) if job else None)
+        jobs = loader.load_conf_dir(folder, names)
     except errors.SrsyncError as exc:
         fail(exc)
-    execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+    if daemon:
+        from srsync.engine.daemon import conf_dir_source
+
+        run_daemon(conf_dir_source(folder, names), dry_run=dry_run, force=force, verbose=verbose,
+                   quiet=quiet, log_file=log_file, json_logs=json_logs, retry_max=retry_max,
+                   rescan=rescan)
+    execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+                 log_file=log_file, json_logs=json_logs)
 
 
 def _register_command_modules() -> None:

@@ -652,6 +652,24 @@ def load_job_file(
     )
 
 
+def load_job_text(
+    path: Path, text: str, globals_: GlobalSettings | None = None, *, check_roots: bool = True
+) -> JobSpec:
+    """The job ``text`` would be if it were the content of ``path`` (to validate an edit or
+    a new file before writing it)."""
+    if globals_ is None:
+        globals_ = load_globals(path.parent)
+    return _job_from_data(
+        parse_toml(text, str(path)),
+        _Problems(str(path)),
+        source=str(path),
+        default_name=path.stem,
+        base_dir=path.parent,
+        globals_=globals_,
+        check_roots=check_roots,
+    )
+
+
 def job_files(conf_dir: Path) -> list[Path]:
     """Every job file of ``conf_dir``: ``*.toml`` except global.toml and hidden files."""
     return [

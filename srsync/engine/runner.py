@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,15 @@ from srsync.engine.session import (
     SyncOptions,
 )
 from srsync.engine.state import StateDB, default_state_dir
+from srsync.engine.status import (
+    DISABLED,
+    FanoutReporter,
+    StatusReporter,
+    StatusStore,
+    target_keys,
+)
 from srsync.jobspec import JobSpec, PairSpec
+from srsync.notify import notify_run
 
 
 @dataclass(slots=True)
@@ -76,35 +87,78 @@ def run_job(
     options: SyncOptions,
     stop: threading.Event | None = None,
 ) -> JobResult:
+    """One run of ``job``: every enabled target in order, history, live status, and a
+    notification mail when the job has ``[notify]`` settings."""
     result = JobResult(job.name)
     sdir = state_dir_for(job)
     try:
         lock = JobLock(sdir, job.name)
         lock.acquire()
     except errors.SrsyncError as exc:
+        # another process runs this job: its status rows are left alone
         result.error = str(exc)
         result.exit_code = exc.exit_code
         reporter.message(job.name, str(exc))
         return result
     state: StateDB | None = None
+    status: StatusReporter | None = None
     try:
         state = StateDB(sdir)
-        for target in job.targets:
+        status = _open_status(sdir)
+        rep: Reporter = FanoutReporter(reporter, status) if status is not None else reporter
+        for target, key in zip(job.targets, target_keys(job), strict=True):
             if not target.enabled:
+                if status is not None:
+                    _safe(status.store.update, job.name, key, state=DISABLED, detail="")
                 continue
-            with EndpointPool() as pool:
-                for pair in target.pairs:
-                    res = _run_pair(job, target.name, pair, pool, reporter, state, options, stop)
-                    result.pairs.append(res)
-                    _record(state, res)
-                    if stop is not None and stop.is_set():
-                        break
+            if stop is not None and stop.is_set():
+                break
+            if status is not None:
+                _safe(status.target_started, job.name, key, options.dry_run)
+            done: list[PairResult] = []
+            try:
+                with EndpointPool() as pool:
+                    for pair in target.pairs:
+                        res = _run_pair(job, target.name, pair, pool, rep, state, options, stop)
+                        done.append(res)
+                        _record(state, res)
+                        if stop is not None and stop.is_set():
+                            break
+            except BaseException as exc:
+                # the status row must never stay "transferring" after a crash
+                if status is not None:
+                    _safe(status.target_done, job.name, key, done,
+                          f"internal error: {exc!r}")
+                raise
+            result.pairs.extend(done)
+            if status is not None:
+                _safe(status.target_done, job.name, key, done)
     finally:
+        if status is not None:
+            _safe(status.store.close)
         if state is not None:
             state.close()
         lock.release()
     result.exit_code = combine_exit([_pair_exit(p.outcome) for p in result.pairs])
+    notify = job.extra.get("notify")
+    if isinstance(notify, Mapping) and not options.dry_run:
+        problem = notify_run(job.name, result.pairs, notify)
+        if problem:
+            reporter.message(job.name, problem)
     return result
+
+
+def _open_status(sdir: Path) -> StatusReporter | None:
+    """The live status writer; a status database that cannot be opened never stops a run."""
+    try:
+        return StatusReporter(StatusStore(sdir))
+    except sqlite3.Error:
+        return None
+
+
+def _safe(call: Callable[..., object], *args: object, **kw: object) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        call(*args, **kw)
 
 
 def _run_pair(
