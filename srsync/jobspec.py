@@ -63,6 +63,8 @@ class PairSpec:
     checksum: bool = False
     max_delete: float = 50.0  # percent of the target's entries one run may delete
     conflict: str = "keep-both"
+    trash: bool = True  # keep deleted and replaced files in <root>/.srsync-trash
+    trash_days: float = 7.0  # retention of trash runs
 
     @property
     def label(self) -> str:

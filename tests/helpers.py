@@ -12,11 +12,15 @@ from srsync.engine.runner import JobResult, run_job
 from srsync.engine.session import SyncOptions
 from srsync.jobspec import JobSpec, Location, PairSpec, TargetSpec
 
+TRASH = ".srsync-trash"
+
 
 def tree_state(root: Path, with_mtime: bool = True) -> dict[str, tuple[object, ...]]:
     """Everything srsync promises to preserve below ``root``: kind, content hash, mode, mtime."""
     out: dict[str, tuple[object, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root) and TRASH in dirnames:
+            dirnames.remove(TRASH)  # kept deleted/replaced files: tested on their own
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)

@@ -99,7 +99,7 @@ def test_mass_delete_guard(tmp_path: Path) -> None:
     assert r.exit_code == errors.EXIT_HALTED and "7 of 10" in r.pairs[0].error
     assert tree_state(t) == before
     assert run(local_job(m, t, max_delete=80.0)).exit_code == 0
-    assert sorted(os.listdir(t)) == ["f7", "f8", "f9"]
+    assert sorted(os.listdir(t)) == [".srsync-trash", "f7", "f8", "f9"]
 
 
 def test_missing_mirror_root_halts(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_excludes_and_srsyncignore(tmp_path: Path) -> None:
     make_tree(t, {"target-only.tmp": b"excluded paths on the target are left alone"})
     r = run(local_job(m, t, exclude=("*.tmp", ".cache/")))
     assert r.exit_code == 0
-    assert sorted(str(p.relative_to(t)) for p in t.rglob("*")) == [
+    assert sorted(str(p.relative_to(t)) for p in t.rglob("*") if ".srsync-trash" not in p.parts) == [
         "keep.txt", "sub", "sub/.srsyncignore", "sub/y.txt", "target-only.tmp", "top.log"]
 
 
@@ -187,7 +187,7 @@ def test_source_changed_while_read_leaves_target_intact(tmp_path: Path) -> None:
     assert r.exit_code == errors.EXIT_PARTIAL
     assert "changed while being read" in r.pairs[0].problems[0].message
     assert (t / "f").read_bytes() == b"old"
-    assert [p.name for p in t.iterdir()] == ["f"], "no temp file left behind"
+    assert not [p for p in t.rglob("*") if p.name.startswith(".srsync-tmp-")], "no temp file left"
 
 
 def test_leftover_temp_files_are_cleaned(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_leftover_temp_files_are_cleaned(tmp_path: Path) -> None:
     make_tree(m, {"f": b"x"})
     make_tree(t, {".srsync-tmp-deadbeef-f": b"torn"})
     assert run(local_job(m, t)).exit_code == 0
-    assert sorted(os.listdir(t)) == ["f"]
+    assert sorted(os.listdir(t)) == ["f"]  # (nothing was deleted, so no trash either)
 
 
 def test_checksum_detects_same_size_same_mtime_change(tmp_path: Path) -> None:

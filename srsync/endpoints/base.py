@@ -133,6 +133,14 @@ class Endpoint(abc.ABC):
         """Rename within this endpoint, replacing a file at ``dst``."""
         raise NotImplementedError
 
+    def link(self, src: RelPath, dst: RelPath) -> None:
+        """Hard-link the file at ``src`` to the new name ``dst`` (same side).
+
+        Optional: endpoints that cannot link raise NotImplementedError and the
+        caller copies instead.
+        """
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections; idempotent."""
 

@@ -251,3 +251,11 @@ class LocalEndpoint(Endpoint):
 
     def rename(self, src: RelPath, dst: RelPath) -> None:
         os.replace(self._abs(src), self._abs(dst))
+
+    def link(self, src: RelPath, dst: RelPath) -> None:
+        try:
+            os.link(self._abs(src), self._abs(dst), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                raise NotImplementedError(str(exc)) from exc  # the caller copies instead
+            raise

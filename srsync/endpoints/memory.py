@@ -183,6 +183,14 @@ class MemoryEndpoint(Endpoint):
         new_mtime = cur.mtime_ns if mtime_ns is None else self._round(mtime_ns)
         self.entries[path] = Entry(cur.kind, cur.size, new_mtime, new_mode, cur.target, None)
 
+    def link(self, src: RelPath, dst: RelPath) -> None:
+        self._mutate()
+        self._need_parent_dir(dst)
+        if dst in self.entries:
+            raise FileExistsError(errno.EEXIST, "exists", dst)
+        self.entries[dst] = self.entries[src]
+        self.data[dst] = self.data[src]
+
     def rename(self, src: RelPath, dst: RelPath) -> None:
         self._mutate()
         entry = self.entries.pop(src)

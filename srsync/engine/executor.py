@@ -6,10 +6,11 @@ import errno
 import threading
 from dataclasses import dataclass, field
 
-from srsync.core.entry import Entry, Problem
+from srsync.core.entry import Entry, Kind, Problem
 from srsync.endpoints.base import Endpoint
 from srsync.engine.reporter import Reporter
 from srsync.engine.transfer import SourceChanged, matches, transfer_file
+from srsync.engine.trash import Trash
 from srsync.errors import SrsyncError
 from srsync.plan import ALPHA, Operation, OpKind, Plan, PlanStats
 
@@ -39,7 +40,9 @@ class Executor:
         reporter: Reporter,
         job: str,
         stop: threading.Event | None = None,
+        trash: Trash | None = None,
     ) -> None:
+        self.trash = trash
         self.alpha = alpha
         self.beta = beta
         self.reporter = reporter
@@ -105,13 +108,22 @@ class Executor:
         self._check(op, current)
         if op.kind is OpKind.REMOVE:
             assert op.expected is not None
-            dest.remove(op.path, op.expected.kind)
+            if self.trash is not None and op.expected.kind is not Kind.DIR:
+                self.trash.keep_removed(dest, op.side, op.path, op.expected)
+            else:
+                dest.remove(op.path, op.expected.kind)
         elif op.kind is OpKind.COPY:
             assert op.entry is not None
+            self._keep_replaced(op, dest)
             transfer_file(src, dest, op.path, op.entry, self.job, self.reporter)
         elif op.kind is OpKind.LINK:
             assert op.entry is not None and op.entry.target is not None
+            self._keep_replaced(op, dest)
             dest.symlink(op.path, op.entry.target)
+
+    def _keep_replaced(self, op: Operation, dest: Endpoint) -> None:
+        if self.trash is not None and op.expected is not None and op.expected.kind is not Kind.DIR:
+            self.trash.keep_replaced(dest, op.side, op.path, op.expected)
 
     @staticmethod
     def _check(op: Operation, current: Entry | None) -> None:

@@ -12,13 +12,24 @@ from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
 from srsync.core.paths import ROOT, case_collisions, is_under, link_escapes
-from srsync.core.reconcile import Conflict, Mode, Policy, Reconciliation, needs_digest, reconcile
+from srsync.core.reconcile import (
+    ALPHA,
+    BETA,
+    Conflict,
+    Mode,
+    Policy,
+    Reconciliation,
+    needs_digest,
+    reconcile,
+)
 from srsync.core.record import next_ancestor
 from srsync.core.safety import check_guards
 from srsync.endpoints.base import Endpoint
 from srsync.engine.executor import Executor
 from srsync.engine.reporter import Reporter
 from srsync.engine.state import StateDB
+from srsync.engine.trash import EXCLUDE_PATTERN as TRASH_EXCLUDE
+from srsync.engine.trash import Trash, new_run_id, purge_expired
 from srsync.errors import ConnectError, SrsyncError
 from srsync.jobspec import ONE2ONE, PairSpec
 from srsync.plan import Plan, PlanStats, make_plan
@@ -159,7 +170,8 @@ class PairSession:
 
     def _run(self, res: PairResult) -> None:
         two_way = self.pair.sync_type == ONE2ONE
-        rules = IgnoreRules.from_patterns(list(self.pair.exclude))
+        # the trash folder is never synced, on either side
+        rules = IgnoreRules.from_patterns([*self.pair.exclude, TRASH_EXCLUDE])
         sa, sb = self._scan_both(rules)
         problems = [replace(p, side=p.side or "mirror") for p in sa.problems]
         problems += [replace(p, side=p.side or "target") for p in sb.problems]
@@ -247,7 +259,13 @@ class PairSession:
         if two_way:
             self._clean_temps(self.alpha, sa.temp_files)
 
-        ex = Executor(self.alpha, self.beta, self.reporter, self.job, self.stop).run(plan)
+        trash = None
+        if self.pair.trash:
+            trash = Trash(new_run_id(), self.pair_key, self.job, self.state)
+            if self.state is not None:
+                purge_expired(self.state, self.pair_key, {ALPHA: self.alpha, BETA: self.beta},
+                              self.pair.trash_days)
+        ex = Executor(self.alpha, self.beta, self.reporter, self.job, self.stop, trash).run(plan)
         res.applied = ex.applied
         res.applied.conflicts = len(rec.conflicts)
         res.problems.extend(ex.problems)

@@ -72,6 +72,20 @@ CREATE TABLE IF NOT EXISTS conflicts (
     detected REAL NOT NULL,
     PRIMARY KEY (pair, path)
 );
+CREATE TABLE IF NOT EXISTS trash (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair TEXT NOT NULL,
+    job TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    side TEXT NOT NULL,
+    path TEXT NOT NULL,
+    trash_path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    recorded REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trash_pair ON trash (pair, recorded);
 CREATE TABLE IF NOT EXISTS decisions (
     pair TEXT NOT NULL,
     job TEXT NOT NULL,
@@ -231,6 +245,39 @@ class StateDB:
             self._db.executemany(
                 "DELETE FROM decisions WHERE pair = ? AND path = ?", [(pair, p) for p in paths]
             )
+
+    # ---- trash ---------------------------------------------------------
+    def add_trash(self, pair: str, job: str, run_id: str, side: str, path: str, trash_path: str,
+                  kind: str, size: int, mtime_ns: int) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO trash (pair, job, run_id, side, path, trash_path, kind, size, mtime_ns,"
+                " recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (pair, job, run_id, side, path, trash_path, kind, size, mtime_ns, time.time()),
+            )
+
+    def trash_rows(
+        self, pair: str | None = None, *, job: str | None = None, run_id: str | None = None,
+        before: float | None = None,
+    ) -> list[tuple[int, str, str, str, str, str, str, int, int, float]]:
+        """(id, pair, job, run_id, side, path, trash_path, kind, size, recorded), oldest first."""
+        sql = ("SELECT id, pair, job, run_id, side, path, trash_path, kind, size, recorded FROM trash"
+               " WHERE 1=1")
+        args: list[object] = []
+        for col, val in (("pair", pair), ("job", job), ("run_id", run_id)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val)
+        if before is not None:
+            sql += " AND recorded < ?"
+            args.append(before)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [tuple(r) for r in rows]
+
+    def delete_trash_rows(self, pair: str, ids: list[int]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM trash WHERE pair = ? AND id = ?", [(pair, i) for i in ids])
 
     # ---- history -------------------------------------------------------
     def add_history(
