@@ -114,3 +114,83 @@ def resolve(
     for r in chosen:
         typer.echo(f"{r[2]}: keep {keep.value}")
     typer.echo(f"recorded; the next sync of {job!r} applies it (srsync autorun --job {job})")
+
+
+@app.command()
+def restore(
+    job: Annotated[str, typer.Argument(help="The job whose trash to restore from.")],
+    paths: Annotated[list[str] | None, typer.Argument(help="Only these paths (a directory means everything below it).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="The run to undo (default: the latest run with trash).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the runs with kept files; restore nothing.")] = False,
+    conf_dir: ConfDir = None,
+) -> None:
+    """Put back files a run deleted or replaced (kept in <root>/.srsync-trash)."""
+    from srsync.config import loader
+    from srsync.endpoints.base import Endpoint
+    from srsync.endpoints.registry import EndpointPool
+    from srsync.engine.runner import state_dir_for
+    from srsync.engine.state import StateDB
+    from srsync.engine.trash import restore_rows
+
+    try:
+        jobs = loader.load_conf_dir(loader.resolve_conf_dir(conf_dir), [job], check_roots=False)
+    except errors.SrsyncError as exc:
+        fail(exc)
+    spec = jobs[0]
+    sdir = state_dir_for(spec)
+    if not (sdir / "state.db").exists():
+        typer.echo(f"job {job!r} has nothing in its trash")
+        return
+    db = StateDB(sdir)
+    try:
+        rows = db.trash_rows(job=job)
+        runs: dict[str, int] = {}
+        for r in rows:
+            runs[r[3]] = runs.get(r[3], 0) + 1
+        if list_ or not rows:
+            if not rows:
+                typer.echo(f"job {job!r} has nothing in its trash")
+            for run_id, count in runs.items():
+                typer.echo(f"{run_id}  {count} path(s)")
+            return
+        chosen_run = run or list(runs)[-1]
+        if chosen_run not in runs:
+            fail(errors.UsageError(f"job {job!r} has no run {chosen_run!r} in its trash; see --list"))
+        wanted = [p.strip("/") for p in paths or []]
+        selected = [r for r in rows if r[3] == chosen_run
+                    and (not wanted or any(r[5] == w or r[5].startswith(w + "/") for w in wanted))]
+        if not selected:
+            fail(errors.UsageError(f"nothing matching {', '.join(wanted)} in run {chosen_run}"))
+        pairs = {
+            f"{spec.name}|{p.mirror}|{p.target}": p for t in spec.targets for p in t.pairs
+        }
+        with EndpointPool() as pool:
+            opened: dict[tuple[str, str], Endpoint] = {}
+
+            def endpoint_for(pair_key: str, side: str) -> Endpoint:
+                if (pair_key, side) not in opened:
+                    pair = pairs.get(pair_key)
+                    if pair is None:
+                        raise errors.ConfigError(
+                            f"the path pair {pair_key.split('|', 1)[1]} is no longer in job {job!r}")
+                    opened[(pair_key, side)] = pool.open(pair.mirror if side == "alpha" else pair.target)
+                return opened[(pair_key, side)]
+
+            try:
+                results = restore_rows(db, selected, endpoint_for)
+            except errors.SrsyncError as exc:
+                fail(exc)
+    finally:
+        db.close()
+    failed = 0
+    for res in results:
+        where = "mirror" if res.side == "alpha" else "target"
+        if res.placed_at is None:
+            failed += 1
+            typer.echo(f"{where}: {res.path}: {res.message}", err=True)
+        elif res.placed_at != res.path:
+            typer.echo(f"{where}: {res.path}: something is there now; restored beside it as {res.placed_at}")
+        else:
+            typer.echo(f"{where}: {res.path}: restored")
+    if failed:
+        raise typer.Exit(errors.EXIT_PARTIAL)

@@ -71,7 +71,7 @@ _CONN_KEYS = (
     "ssh_config",
     "use_agent",
 )
-_PAIR_KEYS = ("sync_type", "checksum", "max_delete", "conflict")
+_PAIR_KEYS = ("sync_type", "checksum", "max_delete", "conflict", "trash", "trash_days")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -101,6 +101,8 @@ class GlobalSettings:
     max_delete: float | None = None
     conflict: str | None = None
     sync_type: str | None = None
+    trash: bool | None = None
+    trash_days: float | None = None
     notify: Mapping[str, object] | None = None  # the [notify] keys that were set
 
     def conn_layer(self) -> dict[str, object]:
@@ -949,6 +951,8 @@ def job_to_toml(job: JobSpec) -> str:
             lines.append(f"  checksum = {toml_value(pair.checksum)}")
             lines.append(f"  max_delete = {toml_value(pair.max_delete)}")
             lines.append(f"  conflict = {toml_value(pair.conflict)}")
+            lines.append(f"  trash = {toml_value(pair.trash)}")
+            lines.append(f"  trash_days = {toml_value(pair.trash_days)}")
     text = "\n".join(lines) + "\n"
     _verify_round_trip(job, text)
     return text

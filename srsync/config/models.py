@@ -188,6 +188,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Timeout = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Keepalive = Annotated[int, Field(ge=0)]
 MaxDelete = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+TrashDays = Annotated[float, Field(ge=0, le=3650, allow_inf_nan=False)]
 Host = Annotated[str, AfterValidator(_host)]
 JobName = Annotated[str, AfterValidator(_job_name)]
 Schedule = Annotated[str, AfterValidator(_schedule)]
@@ -231,6 +232,8 @@ class PairFields(_Model):
     checksum: bool | None = None
     max_delete: MaxDelete | None = None
     conflict: Conflict | None = None
+    trash: bool | None = None  # keep deleted/replaced files in <root>/.srsync-trash
+    trash_days: TrashDays | None = None
 
 
 class NotifyModel(_Model):

@@ -259,7 +259,7 @@ class StateDB:
     def trash_rows(
         self, pair: str | None = None, *, job: str | None = None, run_id: str | None = None,
         before: float | None = None,
-    ) -> list[tuple[int, str, str, str, str, str, str, int, int, float]]:
+    ) -> list[tuple[int, str, str, str, str, str, str, str, int, float]]:
         """(id, pair, job, run_id, side, path, trash_path, kind, size, recorded), oldest first."""
         sql = ("SELECT id, pair, job, run_id, side, path, trash_path, kind, size, recorded FROM trash"
                " WHERE 1=1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from srsync.core.entry import Entry, Kind
@@ -87,12 +88,12 @@ def purge_expired(
     cutoff = (now if now is not None else time.time()) - days * 86400
     rows = state.trash_rows(pair, before=cutoff)
     dirs: dict[str, set[RelPath]] = {}
-    for side, _path, trash_path, kind in ((r[3], r[4], r[5], r[6]) for r in rows):
+    for side, _path, trash_path, kind in ((r[4], r[5], r[6], r[7]) for r in rows):
         ep = endpoints.get(side)
         if ep is None:
             continue
         with contextlib.suppress(OSError):
-            ep.remove(trash_path, Kind(kind) if kind != "dir" else Kind.FILE)
+            ep.remove(trash_path, Kind(kind))
         dirs.setdefault(side, set()).update(ancestors(trash_path))
     for side, paths in dirs.items():
         for d in sorted(paths, key=lambda p: -depth(p)):
@@ -102,3 +103,60 @@ def purge_expired(
                 endpoints[side].remove(d, Kind.DIR)
     state.delete_trash_rows(pair, [r[0] for r in rows])
     return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    side: str
+    path: RelPath
+    placed_at: RelPath | None  # None: not restored (see message)
+    message: str = ""
+
+
+def _restored_name(path: RelPath, run_id: str, ep: Endpoint) -> RelPath:
+    from srsync.core.paths import basename, parent
+
+    name = basename(path)
+    dot = name.rfind(".")
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    n = 0
+    while True:
+        suffix = f".restored-{run_id}" + (f"-{n}" if n else "")
+        candidate = join(parent(path), f"{stem}{suffix}{ext}")
+        if ep.stat(candidate) is None:
+            return candidate
+        n += 1
+
+
+def restore_rows(
+    state: StateDB,
+    rows: list[tuple[int, str, str, str, str, str, str, str, int, float]],
+    endpoint_for: Callable[[str, str], Endpoint],
+) -> list[Restored]:
+    """Move trashed paths back where they were.
+
+    Whatever sits at the original path now is never overwritten: the trashed
+    version is then restored beside it as ``name.restored-<run>.ext``.
+    """
+    out: list[Restored] = []
+    for row_id, pair, _job, run_id, side, path, trash_path, _kind, _size, _rec in rows:
+        ep = endpoint_for(pair, side)
+        try:
+            if ep.stat(trash_path) is None:
+                out.append(Restored(side, path, None, "no longer in the trash (purged or moved)"))
+                state.delete_trash_rows(pair, [row_id])
+                continue
+            dest = path if ep.stat(path) is None else _restored_name(path, run_id, ep)
+            for d in ancestors(dest):
+                current = ep.stat(d)
+                if current is None:
+                    ep.mkdir(d, 0o755)
+                elif not current.is_dir:
+                    raise NotADirectoryError(f"{d} is not a directory")
+            ep.rename(trash_path, dest)
+        except OSError as exc:
+            out.append(Restored(side, path, None, f"cannot restore: {exc.strerror or exc}"))
+            continue
+        state.delete_trash_rows(pair, [row_id])
+        out.append(Restored(side, path, dest))
+    return out
