@@ -49,16 +49,29 @@ class Comparator:
         return self.mtime_eq(a.mtime_ns, b.mtime_ns)
 
     def diff(self, a: Entry | None, b: Entry | None) -> Diff:
-        if a is None or b is None:
-            return Diff.SAME if a is b else Diff.CONTENT
-        if not self.content_equal(a, b):
-            return Diff.CONTENT
-        if a.kind is Kind.LINK:
+        # Hot path (called several times per path per run): one pass, no helper calls.
+        if a is b:
             return Diff.SAME
+        if a is None or b is None:
+            return Diff.CONTENT
+        kind = a.kind
+        if kind is not b.kind:
+            return Diff.CONTENT
+        if kind is Kind.LINK:
+            return Diff.SAME if a.target == b.target else Diff.CONTENT
+        p = self.precision_ns
+        same_time = a.mtime_ns == b.mtime_ns if p == 1 else a.mtime_ns // p == b.mtime_ns // p
+        if kind is Kind.FILE:
+            if a.size != b.size:
+                return Diff.CONTENT
+            da, db = a.digest, b.digest
+            if da is not None and db is not None:
+                if da != db:
+                    return Diff.CONTENT
+            elif not same_time:
+                return Diff.CONTENT
+        elif not self.dir_mtime:
+            same_time = True
         if self.compare_mode and (a.mode & 0o7777) != (b.mode & 0o7777):
             return Diff.META
-        if a.kind is Kind.FILE and not self.mtime_eq(a.mtime_ns, b.mtime_ns):
-            return Diff.META
-        if a.kind is Kind.DIR and self.dir_mtime and not self.mtime_eq(a.mtime_ns, b.mtime_ns):
-            return Diff.META
-        return Diff.SAME
+        return Diff.SAME if same_time else Diff.META

@@ -271,10 +271,16 @@ class _TwoWay:
         inside it; a file that replaced such a directory is moved aside.
         Deepest paths first, so repairs climb towards the root.
         """
-        for path in sorted(set(self.final), key=lambda p: (-depth(p), p)):
-            if path not in self.final:
-                continue
-            self._ensure_dir(parent(path))
+        final = self.final
+        broken = [
+            path for path, _ in final.items()
+            if (q := parent(path)) != ROOT and ((e := final.get(q)) is None or e.kind is not Kind.DIR)
+        ]
+        # Repairs only ever turn a parent into a directory or add a sibling
+        # copy, so paths that were fine stay fine: only the broken ones need work.
+        for path in sorted(broken, key=lambda p: (-depth(p), p)):
+            if path in final:
+                self._ensure_dir(parent(path))
 
     def _ensure_dir(self, q: RelPath) -> None:
         while q != ROOT:

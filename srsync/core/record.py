@@ -33,8 +33,12 @@ def next_ancestor(
                 new[path] = old[path]
         elif path in final:
             new[path] = final[path]
-    for path in sorted(new, key=depth):
+    def orphan(path: RelPath) -> bool:
         par = parent(path)
-        if par != ROOT and (par not in new or new[par].kind is not Kind.DIR):
-            del new[path]
+        return par != ROOT and ((e := new.get(par)) is None or e.kind is not Kind.DIR)
+
+    if any(orphan(p) for p in new):  # rare: sort only when something must go
+        for path in sorted(new, key=depth):
+            if orphan(path):
+                del new[path]
     return new

@@ -174,7 +174,8 @@ class StateDB:
                 "SELECT path, kind, size, mtime_ns, mode, target, digest FROM ancestors WHERE pair = ?",
                 (pair,),
             ).fetchall()
-        return {r[0]: Entry(Kind(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows}
+        kinds = {k.value: k for k in Kind}
+        return {r[0]: Entry(kinds[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
     def has_ancestor(self, pair: str) -> bool:
         with self._lock:
