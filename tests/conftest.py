@@ -10,6 +10,7 @@ import pytest
 from sshd import SSHD, find_sshd
 
 if TYPE_CHECKING:
+    from srsync.endpoints.agent import AgentEndpoint
     from srsync.endpoints.sftp import SFTPEndpoint
 
 
@@ -41,6 +42,25 @@ def sftp_endpoint_factory(sshd: SSHD) -> Iterator[Callable[[str], SFTPEndpoint]]
         if not sshd.running:
             sshd.start()
         endpoint = open_sftp_endpoint(sshd.conn_spec(), root)
+        opened.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in opened:
+        endpoint.close()
+
+
+@pytest.fixture
+def agent_endpoint_factory(sshd: SSHD) -> Iterator[Callable[..., AgentEndpoint]]:
+    """``make(root, **options)`` opens an AgentEndpoint (remote helper) on the test sshd."""
+    from srsync.endpoints.agent import open_agent_endpoint
+
+    opened: list[AgentEndpoint] = []
+
+    def make(root: str, **options: object) -> AgentEndpoint:
+        if not sshd.running:
+            sshd.start()
+        endpoint = open_agent_endpoint(sshd.conn_spec(), root, **options)  # type: ignore[arg-type]
         opened.append(endpoint)
         return endpoint
 

@@ -89,6 +89,8 @@ class SSHD:
     port: int = 0
     user: str = dataclasses.field(default_factory=getpass.getuser)
     pid: int = 0
+    # extra sshd_config lines (e.g. "SetEnv PATH=/nowhere" for a host without python3)
+    extra_config: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +137,7 @@ class SSHD:
                 "MaxSessions 10",  # the OpenSSH default, so session limits are realistic
                 "LogLevel ERROR",
                 f"Subsystem sftp {SFTP_SUBSYSTEM}",
+                *self.extra_config,
                 "",
             ]
         )

@@ -192,8 +192,10 @@ def test_disable_enable_take_effect_live(sshd: Any, tmp_path: Path, daemon_facto
 
 def test_sigterm_mid_transfer_leaves_no_temp_or_torn_files(sshd: Any, tmp_path: Path,
                                                            daemon_factory: Any) -> None:
-    blob = os.urandom(256 * 1024)
-    make_tree(tmp_path / "m", {f"f{i:03}": blob[i:] + blob[:i] for i in range(120)})
+    # big enough that a transfer is surely under way when the signal comes, also
+    # with the remote helper's pipelined writes (about 150 MB/s here)
+    blob = os.urandom(1024 * 1024)
+    make_tree(tmp_path / "m", {f"f{i:03}": blob[i:] + blob[:i] for i in range(300)})
     push_job(tmp_path, sshd, schedule="1h")
     d = daemon_factory()
     d.wait_for("a transfer under way", lambda: (s := d.status("push")) and s.state == "transferring")
@@ -205,4 +207,4 @@ def test_sigterm_mid_transfer_leaves_no_temp_or_torn_files(sshd: Any, tmp_path: 
         assert p.read_bytes() == (tmp_path / "m" / p.name).read_bytes()
     st = d.status("push")
     assert st is not None and st.state != "transferring"
-    assert 0 < len(copied) <= 120
+    assert len(copied) < 300, "the signal came before the end of the run"

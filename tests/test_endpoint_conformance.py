@@ -17,7 +17,7 @@ from srsync.endpoints.memory import MemoryEndpoint
 T0 = 1_600_000_000_123_456_789
 
 
-@pytest.fixture(params=["memory", "local", "sftp"])
+@pytest.fixture(params=["memory", "local", "sftp", "agent"])
 def endpoint(request: pytest.FixtureRequest, tmp_path) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     root = tmp_path / "root"
     if request.param == "memory":
@@ -27,7 +27,7 @@ def endpoint(request: pytest.FixtureRequest, tmp_path) -> Iterator[Endpoint]:  #
         yield LocalEndpoint(str(root))
     else:
         root.mkdir()
-        factory: Callable[[str], Endpoint] = request.getfixturevalue("sftp_endpoint_factory")
+        factory: Callable[[str], Endpoint] = request.getfixturevalue(f"{request.param}_endpoint_factory")
         yield factory(str(root))
 
 

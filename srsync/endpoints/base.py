@@ -18,11 +18,14 @@ implementation):
 from __future__ import annotations
 
 import abc
-from collections.abc import Generator, Iterator
+import enum
+import errno
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from srsync.agent.delta import ALGORITHMS, SHA1, DeltaOp, Signature, apply_ops, match, signature
 from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IgnoreRules
 from srsync.core.paths import RelPath
@@ -41,6 +44,60 @@ class Capabilities:
     symlinks: bool = True
     remote: bool = False
     remote_helper: bool = False
+
+
+CHANGED = "changed since scan; skipped, will retry next run"
+
+
+def same_state(current: Entry | None, expected: Entry | None) -> bool:
+    """Whether what is on disk now is what the scan saw (so acting on it is safe)."""
+    if current is None or expected is None:
+        return current is None and expected is None
+    if current.kind is not expected.kind:
+        return False
+    if current.kind is Kind.FILE:
+        return current.size == expected.size and current.mtime_ns == expected.mtime_ns
+    if current.kind is Kind.LINK:
+        return current.target == expected.target
+    return True
+
+
+class StepKind(enum.Enum):
+    MKDIR = "mkdir"
+    WRITE = "write"
+    LINK = "link"
+    REMOVE = "remove"
+    META = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One change for ``apply_steps``, guarded by the state the scan saw.
+
+    With ``guarded`` the endpoint checks the path right before acting, as
+    the executor would: MKDIR succeeds at once on an existing directory and
+    otherwise needs ``expected``; META needs an object of ``entry``'s kind
+    (and ``expected`` when given); the others need ``expected`` exactly
+    (``same_state``).  A failed check is ``OSError(EAGAIN)``.
+    ``entry`` carries mode and mtime (MKDIR, WRITE, META) or the link target
+    (LINK); WRITE content is ``data`` (small files) or ``chunks``.
+    """
+
+    kind: StepKind
+    path: RelPath
+    expected: Entry | None
+    entry: Entry | None = None
+    guarded: bool = True
+    data: bytes | None = None
+    chunks: Iterator[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """A whole file wanted by ``read_files``: at most ``size`` + 1 bytes are read."""
+
+    path: RelPath
+    size: int
 
 
 class Endpoint(abc.ABC):
@@ -141,6 +198,135 @@ class Endpoint(abc.ABC):
         """
         raise NotImplementedError
 
+    # ---- batches (optional: endpoints with a remote helper pipeline them) ------
+    def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
+        """Whole files in order: (content, lstat after reading) or the OSError for each.
+
+        At most ``size`` + 1 bytes are read, so a caller comparing the length
+        and the lstat with the scan can tell a file that changed.  The
+        iterator may read ahead (bounded); per-file trouble never stops it.
+        """
+        for f in files:
+            try:
+                parts: list[bytes] = []
+                have = 0
+                with self.open_read(f.path) as fh:
+                    # stop at the scanned size: growth shows in the lstat taken after
+                    while have <= f.size:
+                        block = fh.read(f.size + 1 - have)
+                        if not block:
+                            break
+                        parts.append(block)
+                        have += len(block)
+                        if have == f.size:
+                            break
+                yield b"".join(parts), self.stat(f.path)
+            except OSError as exc:
+                yield exc
+
+    def hash_files(self, paths: list[RelPath]) -> Iterator[str | OSError]:
+        """``hash_file`` for many paths, in order; per-path trouble is returned, not raised."""
+        for path in paths:
+            try:
+                yield self.hash_file(path)
+            except OSError as exc:
+                yield exc
+
+    def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
+        """Apply guarded steps in order; yields per step the written Entry (WRITE), None, or the OSError.
+
+        Endpoints with a remote helper keep many steps in flight; results
+        still come in order, and a failed step never stops the later ones.
+        """
+        for step in steps:
+            try:
+                yield self._apply_step(step)
+            except OSError as exc:
+                yield exc
+
+    def _apply_step(self, step: Step) -> Entry | None:
+        current = self.stat(step.path) if step.guarded else None
+        entry = step.entry
+        if step.kind is StepKind.MKDIR:
+            assert entry is not None
+            if step.guarded:
+                if current is not None and current.is_dir:
+                    return None
+                _check(step, current)
+            self.mkdir(step.path, entry.mode)
+            return None
+        if step.kind is StepKind.META:
+            assert entry is not None
+            if step.guarded:
+                if current is None or current.kind is not entry.kind:
+                    raise OSError(errno.EAGAIN, "changed since scan; skipped", step.path)
+                if step.expected is not None:
+                    _check(step, current)
+            self.set_meta(step.path, entry.mode, entry.mtime_ns)
+            return None
+        if step.guarded:
+            _check(step, current)
+        if step.kind is StepKind.REMOVE:
+            assert step.expected is not None
+            self.remove(step.path, step.expected.kind)
+            return None
+        if step.kind is StepKind.LINK:
+            assert entry is not None and entry.target is not None
+            self.symlink(step.path, entry.target)
+            return None
+        assert entry is not None
+        chunks = step.chunks if step.chunks is not None else iter([step.data or b""])
+        return self.write_file(step.path, chunks, entry.mode, entry.mtime_ns)
+
+    # ---- delta transfer (optional: cheap only where the file is local to its reader) ----
+    def delta_algorithms(self) -> tuple[str, ...]:
+        """Block digests this endpoint can compute for delta transfer, preferred first."""
+        return ALGORITHMS
+
+    def block_signature(
+        self, path: RelPath, block: int, algo: str = SHA1
+    ) -> tuple[Signature, Entry | None]:
+        """Block signature of the (old) file at ``path``, with its lstat taken before reading."""
+        before = self.stat(path)
+        return signature(self.read_chunks(path), block, algo), before
+
+    def delta_ops(self, path: RelPath, size: int, sig: Signature) -> Generator[DeltaOp, None, Entry | None]:
+        """Delta ops turning the file ``sig`` describes into this endpoint's ``path``.
+
+        Reads at most ``size`` + 1 bytes; returns (as the generator's value)
+        the lstat taken afterwards, so the caller can tell a file that changed.
+        """
+        yield from match(_at_most(self.read_chunks(path), size + 1), sig)
+        return self.stat(path)
+
+    def write_delta(
+        self, path: RelPath, ops: Iterable[DeltaOp], mode: int, mtime_ns: int, expected: Entry
+    ) -> Entry:
+        """Rebuild ``path`` from its current content (which must be ``expected``) and ``ops``.
+
+        Written like ``write_file`` (temp + rename); a result that fails the
+        ops' final check is never installed.
+        """
+        with self.open_read(path) as basis:
+            if not same_state(self.stat(path), expected):
+                raise OSError(errno.EAGAIN, CHANGED, path)
+
+            def pread(offset: int, length: int) -> bytes:
+                basis.seek(offset)
+                parts: list[bytes] = []
+                while length > 0:
+                    block = basis.read(length)
+                    if not block:
+                        break
+                    parts.append(block)
+                    length -= len(block)
+                return b"".join(parts)
+
+            try:
+                return self.write_file(path, apply_ops(ops, pread, expected.size), mode, mtime_ns)
+            except ValueError as exc:
+                raise OSError(errno.EAGAIN, f"{exc}; will retry next run", path) from exc
+
     def close(self) -> None:
         """Release connections; idempotent."""
 
@@ -149,3 +335,17 @@ class Endpoint(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check(step: Step, current: Entry | None) -> None:
+    if not same_state(current, step.expected):
+        raise OSError(errno.EAGAIN, CHANGED, step.path)
+
+
+def _at_most(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    for block in chunks:
+        if len(block) >= limit:
+            yield block[:limit]
+            return
+        limit -= len(block)
+        yield block

@@ -462,6 +462,18 @@ class SFTPEndpoint(Endpoint):
     def rename(self, src: RelPath, dst: RelPath) -> None:
         self._fs.posix_rename(self._abs(src), self._abs(dst))
 
+    def link(self, src: RelPath, dst: RelPath) -> None:
+        full_dst = self._abs(dst)
+        try:
+            self._fs.hardlink(self._abs(src), full_dst)
+        except OSError as exc:
+            if exc.errno is None and self.stat(dst) is not None:
+                raise FileExistsError(errno.EEXIST, "File exists", full_dst) from exc
+            # a generic SFTP failure (e.g. another filesystem): the caller copies instead
+            if exc.errno in (None, errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                raise NotImplementedError(str(exc)) from exc
+            raise
+
     # ---- lifetime ------------------------------------------------------
     def close(self) -> None:
         if self._closed:

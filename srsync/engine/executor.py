@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from srsync.core.entry import Entry, Kind, Problem
 from srsync.endpoints.base import Endpoint
 from srsync.engine.reporter import Reporter
-from srsync.engine.transfer import SourceChanged, matches, transfer_file
+from srsync.engine.transfer import SourceChanged, apply_operations, matches, transfer_file
 from srsync.engine.trash import Trash
 from srsync.errors import SrsyncError
 from srsync.plan import ALPHA, Operation, OpKind, Plan, PlanStats
@@ -52,34 +52,41 @@ class Executor:
     def run(self, plan: Plan) -> ExecResult:
         result = ExecResult()
         ops = plan.operations
-        index = 0
-        for index, op in enumerate(ops):  # noqa: B007 - index is used after the loop
-            if self.stop.is_set():
-                result.stopped = True
-                break
-            dest, src = (self.alpha, self.beta) if op.side == ALPHA else (self.beta, self.alpha)
-            self.reporter.op_started(self.job, op)
-            try:
-                self._apply(op, dest, src)
-            except OSError as exc:
-                prob = Problem(op.path, f"{op.kind.value} failed: {_describe(exc)}", op.side)
-                result.problems.append(prob)
-                self.reporter.problem(self.job, prob)
-                _mark_failed(result, op)
-                continue
-            except SrsyncError as exc:
-                # the endpoint is unusable: stop here; what was applied is whole
-                result.stopped = True
-                result.error = str(exc)
-                break
-            result.applied_ops.append(op)
-            _count(result.applied, op)
-            self.reporter.op_done(self.job, op)
-        else:
-            index = len(ops)
-        for op in ops[index:]:
+        seen = 0
+        try:
+            # Runs of small operations are pipelined by the endpoints; everything
+            # else comes back to _apply_op.  Outcomes arrive in plan order.
+            for op, error in apply_operations(
+                ops, self.alpha, self.beta, self.job, self.reporter, self.stop, self._apply_op,
+                self._batchable,
+            ):
+                seen += 1
+                if error is not None:
+                    prob = Problem(op.path, f"{op.kind.value} failed: {_describe(error)}", op.side)
+                    result.problems.append(prob)
+                    self.reporter.problem(self.job, prob)
+                    _mark_failed(result, op)
+                    continue
+                result.applied_ops.append(op)
+                _count(result.applied, op)
+                self.reporter.op_done(self.job, op)
+        except SrsyncError as exc:
+            # the endpoint is unusable: stop here; what was reported applied is whole
+            result.stopped = True
+            result.error = str(exc)
+        if seen < len(ops):
+            result.stopped = True
+        for op in ops[seen:]:
             _mark_failed(result, op)
         return result
+
+    def _batchable(self, op: Operation) -> bool:
+        """Operations that need nothing kept in the trash first can be pipelined."""
+        return self.trash is None or op.expected is None or op.expected.kind is Kind.DIR
+
+    def _apply_op(self, op: Operation) -> None:
+        dest, src = (self.alpha, self.beta) if op.side == ALPHA else (self.beta, self.alpha)
+        self._apply(op, dest, src)
 
     def _apply(self, op: Operation, dest: Endpoint, src: Endpoint) -> None:
         current = dest.stat(op.path)

@@ -1,30 +1,57 @@
-"""Moving one file's content from a source endpoint into a destination, verified."""
+"""Moving file content between endpoints: verified streams, pipelined batches, delta for big files.
+
+Invariants (the executor's safety contract, kept on every path here):
+
+* A file is installed only if its source was read completely and still
+  matches the scan afterwards (size, mtime; links by target): otherwise
+  ``SourceChanged`` and nothing is renamed into place.
+* Every destructive step is guarded by the state the scan saw, checked by
+  the destination right before it acts (``Step.guarded``).
+* Per-file trouble is a result (an OSError for that operation), never the
+  end of the batch; only ``ConnectError`` ends it.
+"""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Generator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from threading import Event
 
+from srsync.agent.delta import SHA1, Check, DeltaOp, block_size_for
 from srsync.core.entry import Entry, Kind
-from srsync.endpoints.base import Endpoint
+from srsync.endpoints.base import Endpoint, FileRead, Step, StepKind, same_state
 from srsync.engine.reporter import Reporter
+from srsync.plan import ALPHA, Operation, OpKind
+
+# Files up to this size are read whole, many per round trip, and written as
+# one pipelined step each; bigger ones stream (and may use delta).
+SMALL_FILE = 1024 * 1024
+# A changed file at least this big is sent as a delta against the old copy
+# when both sides can read their own copy cheaply (local, or remote helper).
+DELTA_MIN = 1024 * 1024
+
+_STEP_KINDS = {
+    OpKind.MKDIR: StepKind.MKDIR,
+    OpKind.COPY: StepKind.WRITE,
+    OpKind.LINK: StepKind.LINK,
+    OpKind.REMOVE: StepKind.REMOVE,
+    OpKind.META: StepKind.META,
+}
 
 
 class SourceChanged(OSError):
     """The source file changed while it was being read; nothing was written."""
 
 
+def _changed(path: str) -> SourceChanged:
+    return SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
+
+
 def matches(current: Entry | None, expected: Entry | None) -> bool:
     """Whether what is on disk now is what the scan saw (so acting on it is safe)."""
-    if current is None or expected is None:
-        return current is None and expected is None
-    if current.kind is not expected.kind:
-        return False
-    if current.kind is Kind.FILE:
-        return current.size == expected.size and current.mtime_ns == expected.mtime_ns
-    if current.kind is Kind.LINK:
-        return current.target == expected.target
-    return True
+    return same_state(current, expected)
 
 
 def verified_chunks(
@@ -40,7 +67,7 @@ def verified_chunks(
     try:
         for block in blocks:
             if total + len(block) > entry.size:
-                raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
+                raise _changed(path)
             total += len(block)
             reporter.bytes_transferred(job, len(block))
             yield block
@@ -50,13 +77,211 @@ def verified_chunks(
         blocks.close()  # release the (possibly remote) file handle now, not at GC
     now = src.stat(path)
     if total != entry.size or not matches(now, entry):
-        raise SourceChanged(errno.EAGAIN, "changed while being read; will retry next run", path)
+        raise _changed(path)
+
+
+def delta_eligible(src: Endpoint, dest: Endpoint, size: int) -> bool:
+    """Delta pays off when the wire is the cost and each side reads its own copy cheaply."""
+    caps = (src.capabilities, dest.capabilities)
+    if size < DELTA_MIN or not any(c.remote for c in caps):
+        return False
+    # an SFTP-only side would have to pull its whole copy over the wire to sign or match it
+    return all(c.remote_helper or not c.remote for c in caps)
 
 
 def transfer_file(
     src: Endpoint, dest: Endpoint, path: str, entry: Entry, job: str, reporter: Reporter
 ) -> Entry:
-    """Install the source's ``path`` at the destination atomically (temp + rename)."""
-    return dest.write_file(
-        path, verified_chunks(src, path, entry, job, reporter), entry.mode, entry.mtime_ns
-    )
+    """Install the source's ``path`` at the destination atomically (temp + rename).
+
+    A big file that the destination already holds in an older version goes
+    as a delta (only changed regions cross the wire); everything else is
+    streamed whole.
+    """
+    if delta_eligible(src, dest, entry.size):
+        current = dest.stat(path)
+        if current is not None and current.kind is Kind.FILE and current.size >= DELTA_MIN:
+            return transfer_delta(src, dest, path, entry, current, job, reporter)
+    if entry.size <= SMALL_FILE:
+        # whole, in one request each way: no per-chunk round trips for small files
+        got = next(iter(src.read_files([FileRead(path, entry.size)])))
+        if isinstance(got, OSError):
+            raise got
+        data, after = got
+        if len(data) != entry.size or not matches(after, entry):
+            raise _changed(path)
+        reporter.bytes_transferred(job, len(data))
+        step = Step(StepKind.WRITE, path, None, entry, guarded=False, data=data)
+    else:
+        chunks = verified_chunks(src, path, entry, job, reporter)
+        step = Step(StepKind.WRITE, path, None, entry, guarded=False, chunks=chunks)
+    result = next(iter(dest.apply_steps([step])))
+    if isinstance(result, OSError):
+        raise result
+    if result is None:  # a pipelined write reports success only: what it stored is known
+        precision = dest.capabilities.mtime_precision_ns
+        return Entry(
+            Kind.FILE, size=entry.size, mtime_ns=entry.mtime_ns // precision * precision,
+            mode=entry.mode & 0o7777,
+        )
+    return result
+
+
+def transfer_delta(
+    src: Endpoint,
+    dest: Endpoint,
+    path: str,
+    entry: Entry,
+    old: Entry,
+    job: str,
+    reporter: Reporter,
+) -> Entry:
+    """Rebuild ``path`` at ``dest`` from its old copy ``old`` plus the source's delta."""
+    theirs = src.delta_algorithms()
+    algo = next((a for a in dest.delta_algorithms() if a in theirs), SHA1)
+    sig, before = dest.block_signature(path, block_size_for(old.size), algo)
+    if not matches(before, old):
+        raise OSError(errno.EAGAIN, "changed since scan; skipped, will retry next run", path)
+    ops = _checked_delta(src.delta_ops(path, entry.size, sig), path, entry, job, reporter)
+    return dest.write_delta(path, ops, entry.mode, entry.mtime_ns, old)
+
+
+def _checked_delta(
+    ops: Generator[DeltaOp, None, Entry | None],
+    path: str,
+    entry: Entry,
+    job: str,
+    reporter: Reporter,
+) -> Iterator[DeltaOp]:
+    """The source's delta, its final Check held back until the source proved unchanged.
+
+    Without that Check the destination installs nothing, so a source that
+    changed while it was read never reaches its final name.
+    """
+    while True:
+        try:
+            op = next(ops)
+        except StopIteration as stop:
+            after: Entry | None = stop.value
+            break
+        if isinstance(op, Check):
+            check = op
+            continue
+        reporter.bytes_transferred(job, op[1] if isinstance(op, tuple) else len(op))
+        yield op
+    if check is None or check.size != entry.size or not matches(after, entry):
+        raise _changed(path)
+    yield check
+
+
+# ---- batches ------------------------------------------------------------------
+
+Outcome = OSError | None  # the operation's failure, or None: applied
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One operation of a batch, in plan order, and what happened to it so far."""
+
+    op: Operation
+    error: OSError | None = None
+    has_step: bool = True
+
+
+def apply_operations(
+    ops: Sequence[Operation],
+    alpha: Endpoint,
+    beta: Endpoint,
+    job: str,
+    reporter: Reporter,
+    stop: Event,
+    fallback: Callable[[Operation], object],
+    batchable: Callable[[Operation], bool] | None = None,
+) -> Iterator[tuple[Operation, Outcome]]:
+    """Apply a plan's operations in order; yields each operation with its outcome.
+
+    Runs of mkdir, small-file copy, link, remove and metadata operations on
+    one side go to the destination as guarded Steps, which an endpoint with
+    a remote helper keeps in flight many at a time; small source files are
+    read many per round trip.  Anything else (renames, big files, which may
+    go as deltas, and whatever ``batchable`` refuses, e.g. operations that
+    must first keep the old version in a trash folder) is applied by ``fallback`` (the executor's own per-op
+    path; it raises OSError for a failure) in its place in the order.
+    Stops early, between operations, when ``stop`` is set: operations not
+    yielded were not attempted.  ``ConnectError`` (an unusable endpoint)
+    propagates; operations yielded before it are done.
+    """
+    run: list[Operation] = []
+    for op in ops:
+        if stop.is_set():
+            break
+        big = op.kind is OpKind.COPY and op.entry is not None and op.entry.size > SMALL_FILE
+        step_ok = op.kind in _STEP_KINDS and not big and (batchable is None or batchable(op))
+        if step_ok and (not run or run[0].side == op.side):
+            run.append(op)
+            continue
+        if run:
+            yield from _apply_run(run, alpha, beta, job, reporter, stop)
+            run = []
+            if stop.is_set():
+                break
+        if step_ok:
+            run.append(op)
+            continue
+        reporter.op_started(job, op)
+        try:
+            fallback(op)
+        except OSError as exc:
+            yield op, exc
+        else:
+            yield op, None
+    if run and not stop.is_set():
+        yield from _apply_run(run, alpha, beta, job, reporter, stop)
+
+
+def _apply_run(
+    run: list[Operation],
+    alpha: Endpoint,
+    beta: Endpoint,
+    job: str,
+    reporter: Reporter,
+    stop: Event,
+) -> Iterator[tuple[Operation, Outcome]]:
+    dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
+    copies = [op for op in run if op.kind is OpKind.COPY]
+    contents = src.read_files(FileRead(op.path, op.entry.size) for op in copies if op.entry is not None)
+    slots: deque[_Slot] = deque()
+
+    def steps() -> Iterator[Step]:
+        for op in run:
+            if stop.is_set():
+                return
+            reporter.op_started(job, op)
+            slot = _Slot(op)
+            slots.append(slot)
+            data: bytes | None = None
+            if op.kind is OpKind.COPY:
+                assert op.entry is not None
+                got = next(contents)
+                if isinstance(got, OSError):
+                    slot.error, slot.has_step = got, False
+                    continue
+                data, after = got
+                if len(data) != op.entry.size or not matches(after, op.entry):
+                    slot.error, slot.has_step = _changed(op.path), False
+                    continue
+                reporter.bytes_transferred(job, len(data))
+            entry = op.entry if op.kind is not OpKind.REMOVE else None
+            yield Step(_STEP_KINDS[op.kind], op.path, op.expected, entry, data=data)
+
+    def ready() -> Iterator[tuple[Operation, Outcome]]:
+        while slots and not slots[0].has_step:
+            slot = slots.popleft()
+            assert slot.error is not None
+            yield slot.op, slot.error
+
+    for result in dest.apply_steps(steps()):
+        yield from ready()
+        slot = slots.popleft()
+        yield slot.op, result if isinstance(result, OSError) else None
+    yield from ready()

@@ -59,6 +59,7 @@ SFTP_VERSION = 3
 POSIX_RENAME = "posix-rename@openssh.com"
 LSETSTAT = "lsetstat@openssh.com"
 LIMITS = "limits@openssh.com"
+HARDLINK = "hardlink@openssh.com"
 # Every SFTP server must accept 32 KiB reads and writes.  OpenSSH announces
 # larger limits (255 KiB); bigger requests are ~8x faster through paramiko,
 # whose per-packet overhead dominates, so we use up to this much.
@@ -579,6 +580,16 @@ class SFTPFS:
                     raise
                 self._client.remove(dst)
                 self._client.rename(src, dst)
+
+    def hardlink(self, src: str, dst: str) -> None:
+        """Hard-link ``src`` to the new name ``dst`` (OpenSSH's hardlink extension).
+
+        Raises NotImplementedError when the server lacks the extension.
+        """
+        if not self.has_extension(HARDLINK):
+            raise NotImplementedError("the SFTP server cannot make hard links")
+        with self._op(dst):
+            self._client._request(CMD_EXTENDED, HARDLINK, src, dst)
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         with self._op(path):

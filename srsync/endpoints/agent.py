@@ -1,0 +1,643 @@
+"""Endpoint for a directory tree on an SSH server, served by the remote helper (srsync.agent).
+
+Invariants:
+
+* Every RelPath is validated before it is sent; the helper checks it again
+  and never leaves its root.
+* Names are reported NFC-normalised; the on-disk spelling of names that are
+  not NFC is remembered from the scan and used for later operations (as the
+  SFTP endpoint does).
+* One helper process serves the endpoint's main channel, one thread at a
+  time per operation; big uploads may add helper processes on extra channels
+  of the same connection, each writing its own ranges of one temporary file.
+* Every write is temp + rename inside the helper, guarded (when asked) by
+  the expected state of the final name checked right before the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import threading
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, cast
+
+from srsync.agent.client import AgentClient, Call, HelperUnavailable, call_error, start_client
+from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, encode_ops
+from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
+from srsync.core.ignore import IgnoreRules
+from srsync.core.paths import ROOT, RelPath, join, validate_relpath
+from srsync.endpoints.base import (
+    CHUNK,
+    Capabilities,
+    Endpoint,
+    FileRead,
+    Step,
+    StepKind,
+)
+from srsync.endpoints.hashing import digest_chunks
+from srsync.errors import ConnectError
+from srsync.jobspec import ConnSpec
+from srsync.ssh.connection import SSHConnection, connect
+
+__all__ = ["AgentEndpoint", "HelperUnavailable", "open_agent_endpoint"]
+
+READ_SIZE = 2 * 1024 * 1024  # bytes per ranged read of a big file
+READ_DEPTH = 16  # ranged reads in flight (READ_SIZE x READ_DEPTH fills a 32 MiB window)
+BATCH_BYTES = 4 * 1024 * 1024  # content per read_files call
+BATCH_FILES = 1024
+BATCH_DEPTH = 4  # read_files calls in flight
+BATCH_STEPS = 256  # small steps per batch call
+BATCH_DEPTH_STEPS = 8  # batch calls in flight (bounded memory: depth x BATCH_BYTES)
+INLINE = 1024 * 1024  # files up to this size travel in one frame
+PARALLEL_MIN = 64 * 1024 * 1024  # files at least this big are pushed over several channels
+STRIPE = 8 * 1024 * 1024
+STREAMS = 4  # channels for one big upload (OpenSSH's 2 MiB window caps each at 2 MiB/RTT)
+# Below this round trip one channel is not window-bound, and extra helper
+# processes only compete for CPU (measured: slower on loopback).
+PARALLEL_RTT = 0.005
+
+
+def entry_from_json(raw: list[Any] | None) -> Entry | None:
+    if raw is None:
+        return None
+    kind, size, mtime_ns, mode, ino, target = raw
+    if kind == "f":
+        return Entry(Kind.FILE, size=size, mtime_ns=mtime_ns, mode=mode, ino=ino)
+    if kind == "d":
+        return Entry(Kind.DIR, mtime_ns=mtime_ns, mode=mode, ino=ino)
+    if kind == "l":
+        return link_entry(target)
+    raise ConnectError(f"the remote helper sent an unknown entry kind {kind!r}")
+
+
+def entry_to_json(entry: Entry | None) -> list[Any] | None:
+    if entry is None:
+        return None
+    kind = {Kind.FILE: "f", Kind.DIR: "d", Kind.LINK: "l"}[entry.kind]
+    return [kind, entry.size, entry.mtime_ns, entry.mode, entry.ino, entry.target]
+
+
+class _Reader(io.RawIOBase):
+    """A remote file read with up to READ_DEPTH ranged reads in flight."""
+
+    def __init__(self, endpoint: AgentEndpoint, path: RelPath) -> None:
+        super().__init__()
+        self._ep = endpoint
+        self._client = endpoint._client
+        self._open = self._client.call("open_r", [endpoint._rel(path)])
+        self._handle = self._open.rid
+        self._size: int | None = None
+        self._next = 0
+        self._inflight: deque[Call] = deque()
+        self._buffer = b""
+        self._eof = False
+        # the open's answer comes first: it tells missing files from empty ones
+        self._size = self._client.result(self._open).meta["size"]
+
+    def _fill(self) -> None:
+        assert self._size is not None
+        while len(self._inflight) < READ_DEPTH and self._next < self._size:
+            self._inflight.append(self._client.call("pread", [self._handle, self._next, READ_SIZE]))
+            self._next += READ_SIZE
+
+    def read_block(self) -> bytes:
+        """The next piece of the file (b"" at the end)."""
+        if self._eof:
+            return b""
+        self._fill()
+        if not self._inflight:
+            # past the size seen at open: ask once more in case the file grew
+            extra = self._client.result_raw(self._client.call("pread", [self._handle, self._next, READ_SIZE])).raw
+            self._next += len(extra)
+            if not extra:
+                self._eof = True
+            return extra
+        data = self._client.result_raw(self._inflight.popleft()).raw
+        if len(data) < READ_SIZE:
+            # short: the file shrank or ended; later ranges are stale
+            for call in self._inflight:
+                with contextlib.suppress(OSError):
+                    self._client.result_raw(call)
+            self._inflight.clear()
+            self._eof = True
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            block = self.read_block()
+            if not block:
+                break
+            self._buffer += block
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError, ConnectError):
+                for call in self._inflight:
+                    self._client.result_raw(call)
+                self._inflight.clear()
+                self._client.result(self._client.call("close_r", [self._handle]))
+        super().close()
+
+
+class AgentEndpoint(Endpoint):
+    """A root directory on an SSH server, served by a python3 helper on that server."""
+
+    capabilities = Capabilities(mtime_precision_ns=1, remote=True, remote_helper=True)
+
+    def __init__(
+        self,
+        conn: SSHConnection,
+        root: str,
+        *,
+        python: str = "python3",
+        owns_connection: bool = False,
+        streams: int = STREAMS,
+    ) -> None:
+        self._conn = conn
+        self._owns_conn = owns_connection
+        self._python = python
+        self._streams = max(1, streams)
+        self._client = self._start()
+        try:
+            self.root = self._client.result(self._client.call("root", [root])).meta["root"]
+        except BaseException:
+            self._client.close()
+            raise
+        self.has_xxhash = bool(self._client.info.get("xxhash"))
+        self._disk_names: dict[RelPath, str] = {}
+        self._extra: list[AgentClient] = []
+        self._extra_lock = threading.Lock()
+        self._extra_refused = False
+        self._closed = False
+
+    def _start(self) -> AgentClient:
+        return start_client(self._conn.open_command, self._conn.label, self._conn.io_timeout, self._python)
+
+    # ---- identity -------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return f"{self._conn.label}:{self.root}"
+
+    @property
+    def connection(self) -> SSHConnection:
+        return self._conn
+
+    def _rel(self, path: RelPath) -> str:
+        """The on-disk relative path the helper should use for ``path``."""
+        validate_relpath(path)
+        if path == ROOT or not self._disk_names:
+            return path
+        parts: list[str] = []
+        current = ROOT
+        for part in path.split("/"):
+            current = join(current, part)
+            parts.append(self._disk_names.get(current, part))
+        return "/".join(parts)
+
+    # ---- reading -------------------------------------------------------
+    def root_exists(self) -> bool:
+        entry = self.stat(ROOT)
+        return entry is not None and entry.is_dir
+
+    def scan(self, rules: IgnoreRules) -> ScanResult:
+        wire_rules = [
+            [r.base, r.pattern, r.regex.pattern, r.regex.flags, r.negate, r.dir_only] for r in rules.rules
+        ]
+        call = self._client.call("scan", [wire_rules])
+        result = ScanResult(entries={})
+        disk_names: dict[RelPath, str] = {}
+        entries = result.entries
+        file_kind, dir_kind = Kind.FILE, Kind.DIR
+        for item in self._client.items(call):
+            part = item.meta
+            # the hot loop of a big scan: plain positional construction, no helper calls
+            for rel, kind, size, mtime_ns, mode, ino, target in part["e"]:
+                if kind == "f":
+                    entries[rel] = Entry(file_kind, size, mtime_ns, mode, None, None, ino)
+                elif kind == "d":
+                    entries[rel] = Entry(dir_kind, 0, mtime_ns, mode, None, None, ino)
+                else:
+                    entries[rel] = link_entry(target)
+            for rel in part["g"]:
+                entries.pop(rel, None)
+            result.problems.extend(Problem(path, message) for path, message in part["p"])
+            result.temp_files.extend(part["t"])
+            result.ignore_files.update(part["i"])
+            disk_names.update(part["n"])
+        final = call.final or {}
+        result.root_exists = bool(final.get("root_exists"))
+        if final.get("problem"):
+            result.problems.append(Problem(ROOT, final["problem"]))
+        self._disk_names = disk_names
+        return result
+
+    def stat(self, path: RelPath) -> Entry | None:
+        return entry_from_json(self._client.result(self._client.call("stat", [self._rel(path)])).meta["e"])
+
+    def open_read(self, path: RelPath) -> AbstractContextManager[BinaryIO]:
+        return cast(AbstractContextManager[BinaryIO], _Reader(self, path))
+
+    def read_chunks(self, path: RelPath, chunk: int = CHUNK) -> Generator[bytes, None, None]:
+        reader = _Reader(self, path)
+        try:
+            while True:
+                block = reader.read_block()
+                if not block:
+                    return
+                yield block
+        finally:
+            reader.close()
+
+    def hash_file(self, path: RelPath) -> str:
+        if self.has_xxhash:
+            return str(self._client.result(self._client.call("hash", [self._rel(path)])).meta["h"])
+        # no xxhash on the remote python: hash here, from the streamed content
+        return digest_chunks(self.read_chunks(path))
+
+    def hash_files(self, paths: list[RelPath]) -> Iterator[str | OSError]:
+        if not self.has_xxhash:
+            yield from super().hash_files(paths)
+            return
+        results: list[str | OSError] = [OSError(errno.EIO, "no answer")] * len(paths)
+        call = self._client.call("hash_files", [[self._rel(p) for p in paths]])
+        for item in self._client.items(call):
+            meta = item.meta
+            results[meta["i"]] = meta["h"] if "h" in meta else _item_error(meta["err"])
+        yield from results
+
+    def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
+        """Whole small files, BATCH_DEPTH batched calls in flight; see Endpoint.read_files."""
+        pending: deque[tuple[Call, int]] = deque()
+        batch: list[list[Any]] = []
+        size = 0
+        for f in files:
+            batch.append([self._rel(f.path), f.size])
+            size += f.size
+            if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+                pending.append((self._client.call("read_files", [batch]), len(batch)))
+                batch, size = [], 0
+                while len(pending) >= BATCH_DEPTH:
+                    yield from self._read_files_results(*pending.popleft())
+        if batch:
+            pending.append((self._client.call("read_files", [batch]), len(batch)))
+        while pending:
+            yield from self._read_files_results(*pending.popleft())
+
+    def _read_files_results(self, call: Call, count: int) -> Iterator[tuple[bytes, Entry | None] | OSError]:
+        got = 0
+        for item in self._client.items(call):
+            meta = item.meta
+            if meta["i"] != got:
+                raise ConnectError(f"the remote helper on {self._conn.label} answered out of order")
+            got += 1
+            if "err" in meta:
+                yield _item_error(meta["err"])
+            else:
+                yield (item.raw, entry_from_json(meta["st"]))
+        if got != count:
+            raise ConnectError(f"the remote helper on {self._conn.label} skipped files")
+
+    # ---- writing -------------------------------------------------------
+    def ensure_root(self) -> None:
+        self.root = self._client.result(self._client.call("ensure_root", [])).meta["root"]
+
+    def write_file(
+        self, path: RelPath, chunks: Iterator[bytes], mode: int, mtime_ns: int
+    ) -> Entry:
+        return self._stream_write(self._client, path, chunks, mode, mtime_ns, None)
+
+    def _stream_write(
+        self,
+        client: AgentClient,
+        path: RelPath,
+        chunks: Iterable[bytes],
+        mode: int,
+        mtime_ns: int,
+        guard: list[Any] | None,
+    ) -> Entry:
+        call = client.call("write", [self._rel(path), mode & 0o7777, mtime_ns, guard])
+        try:
+            for block in chunks:
+                client.data(call, block)
+                early = client.failed_early(call)
+                if early is not None:
+                    raise early
+        except BaseException:
+            # the source failed (or the helper refused): drop the temporary file
+            with contextlib.suppress(OSError, ConnectError):
+                client.abort(call)
+                client.result(call)
+            raise
+        client.end(call)
+        entry = entry_from_json(client.result(call).meta["e"])
+        assert entry is not None
+        return entry
+
+    def mkdir(self, path: RelPath, mode: int) -> None:
+        self._client.result(self._client.call("mkdir", [self._rel(path), mode & 0o7777, None]))
+
+    def symlink(self, path: RelPath, target: str) -> None:
+        self._client.result(self._client.call("symlink", [self._rel(path), target, None]))
+
+    def remove(self, path: RelPath, kind: Kind) -> None:
+        if path == ROOT:
+            raise PermissionError(errno.EPERM, "refusing to remove the root", self.root)
+        wire = "d" if kind is Kind.DIR else "f"
+        self._client.result(self._client.call("remove", [self._rel(path), wire, None]))
+
+    def set_meta(self, path: RelPath, mode: int | None, mtime_ns: int | None) -> None:
+        self._client.result(
+            self._client.call(
+                "set_meta", [self._rel(path), None if mode is None else mode & 0o7777, mtime_ns, None]
+            )
+        )
+
+    def rename(self, src: RelPath, dst: RelPath) -> None:
+        self._client.result(self._client.call("rename", [self._rel(src), self._rel(dst)]))
+
+    def link(self, src: RelPath, dst: RelPath) -> None:
+        try:
+            self._client.result(self._client.call("link", [self._rel(src), self._rel(dst)]))
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                raise NotImplementedError(str(exc)) from exc  # the caller copies instead
+            raise
+
+    # ---- batches -------------------------------------------------------
+    def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
+        """Guarded steps, many per frame and many frames in flight; results in order (see Endpoint).
+
+        Small steps are packed into ``batch`` calls (one JSON header and one
+        answer per batch instead of per file); a streamed big file waits for
+        everything before it, then goes on its own.
+        """
+        client = self._client
+        inflight: deque[tuple[Call, int]] = deque()
+        batch: list[list[Any]] = []
+        raws: list[bytes] = []
+        batch_bytes = 0
+
+        def send_batch() -> None:
+            nonlocal batch, raws, batch_bytes
+            if batch:
+                inflight.append((client.call("batch", [batch], b"".join(raws)), len(batch)))
+                batch, raws, batch_bytes = [], [], 0
+
+        def collect() -> Iterator[Entry | None | OSError]:
+            call, count = inflight.popleft()
+            out: list[Entry | None | OSError] = [None] * count
+            for answer in client.result_raw(call).meta:
+                if len(answer) == 3:
+                    out[answer[0]] = call_error(answer[2])
+            yield from out
+
+        for step in steps:
+            try:
+                request = self._step_request(step)
+            except OSError as exc:
+                send_batch()
+                while inflight:
+                    yield from collect()
+                yield exc
+                continue
+            if request is None:  # a streamed big file: everything before it first
+                send_batch()
+                while inflight:
+                    yield from collect()
+                yield self._big_write(step)
+                continue
+            op, args, raw = request
+            batch.append([op, args, len(raw)])
+            raws.append(raw)
+            batch_bytes += len(raw)
+            if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
+                send_batch()
+                while len(inflight) > BATCH_DEPTH_STEPS:
+                    yield from collect()
+        send_batch()
+        while inflight:
+            yield from collect()
+
+    def _step_request(self, step: Step) -> tuple[str, list[Any], bytes] | None:
+        """The helper call for a small step; None for a file to stream."""
+        rel = self._rel(step.path)
+        guard: list[Any] | None = [entry_to_json(step.expected)] if step.guarded else None
+        entry = step.entry
+        if step.kind is StepKind.WRITE:
+            assert entry is not None
+            if step.data is None or len(step.data) > INLINE:
+                return None
+            return "put", [rel, entry.mode & 0o7777, entry.mtime_ns, guard], step.data
+        if step.kind is StepKind.MKDIR:
+            assert entry is not None
+            return "mkdir", [rel, entry.mode & 0o7777, guard], b""
+        if step.kind is StepKind.LINK:
+            assert entry is not None and entry.target is not None
+            if step.path == ROOT:
+                raise IsADirectoryError(errno.EISDIR, "the root is a directory", self.root)
+            return "symlink", [rel, entry.target, guard], b""
+        if step.kind is StepKind.REMOVE:
+            if step.path == ROOT:
+                raise PermissionError(errno.EPERM, "refusing to remove the root", self.root)
+            assert step.expected is not None
+            wire = "d" if step.expected.kind is Kind.DIR else "f"
+            return "remove", [rel, wire, guard], b""
+        if step.kind is StepKind.META:
+            assert entry is not None
+            meta_guard = [entry_to_json(step.expected), _kind_char(entry.kind)] if step.guarded else None
+            return "set_meta", [rel, entry.mode & 0o7777, entry.mtime_ns, meta_guard], b""
+        raise ValueError(f"unknown step {step.kind}")
+
+    def _big_write(self, step: Step) -> Entry | None | OSError:
+        entry = step.entry
+        assert entry is not None
+        guard = [entry_to_json(step.expected)] if step.guarded else None
+        chunks: Iterable[bytes] = step.chunks if step.chunks is not None else [step.data or b""]
+        try:
+            if entry.size >= PARALLEL_MIN and self._streams > 1 and self._client.rtt >= PARALLEL_RTT:
+                return self._parallel_write(step.path, chunks, entry, guard)
+            return self._stream_write(self._client, step.path, chunks, entry.mode, entry.mtime_ns, guard)
+        except OSError as exc:
+            return exc
+
+    # ---- several channels for one big file --------------------------------
+    def _helpers(self, wanted: int) -> list[AgentClient]:
+        """The main helper plus up to ``wanted - 1`` extra ones (fewer if the server refuses)."""
+        with self._extra_lock:
+            while len(self._extra) < wanted - 1 and not self._extra_refused:
+                try:
+                    helper = self._start()
+                    helper.result(helper.call("root", [self.root]))
+                except (HelperUnavailable, ConnectError, OSError):
+                    self._extra_refused = True  # MaxSessions reached: fewer streams
+                    break
+                self._extra.append(helper)
+            return [self._client, *self._extra[: wanted - 1]]
+
+    def _parallel_write(
+        self, path: RelPath, chunks: Iterable[bytes], entry: Entry, guard: list[Any] | None
+    ) -> Entry:
+        """Stripes of one file go out on several channels into one temporary file, then one rename.
+
+        The source is read in order here (it may be a stream); stripes are
+        handed to channel threads through a bounded queue.
+        """
+        helpers = self._helpers(self._streams)
+        rel = self._rel(path)
+        tmp = self._client.result(self._client.call("pw_open", [rel, entry.size])).meta["tmp"]
+        committed = False
+        try:
+            with ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="agent-up") as pool:
+                free: deque[AgentClient] = deque(helpers)
+                running: deque[tuple[Any, AgentClient]] = deque()
+                offset = 0
+                for stripe in _stripes(chunks, STRIPE):
+                    if not free:
+                        future, helper = running.popleft()
+                        future.result()
+                        free.append(helper)
+                    helper = free.popleft()
+                    running.append((pool.submit(_send_range, helper, rel, tmp, offset, stripe), helper))
+                    offset += len(stripe)
+                for future, _ in running:
+                    future.result()
+            if offset != entry.size:
+                raise OSError(errno.EAGAIN, "changed while being read; will retry next run", path)
+            meta = self._client.result(
+                self._client.call("pw_commit", [rel, tmp, offset, entry.mode & 0o7777, entry.mtime_ns, guard])
+            ).meta
+            committed = True
+        finally:
+            if not committed:
+                with contextlib.suppress(OSError, ConnectError):
+                    self._client.result(self._client.call("pw_abort", [rel, tmp]))
+        result = entry_from_json(meta["e"])
+        assert result is not None
+        return result
+
+    # ---- delta ---------------------------------------------------------
+    def delta_algorithms(self) -> tuple[str, ...]:
+        return (XXH128, SHA1) if self.has_xxhash else (SHA1,)
+
+    def block_signature(
+        self, path: RelPath, block: int, algo: str = SHA1
+    ) -> tuple[Signature, Entry | None]:
+        reply = self._client.result_raw(self._client.call("sig", [self._rel(path), block, algo]))
+        return Signature.decode(reply.raw), entry_from_json(reply.meta["e"])
+
+    def delta_ops(
+        self, path: RelPath, size: int, sig: Signature
+    ) -> Generator[DeltaOp, None, Entry | None]:
+        call = self._client.call("delta", [self._rel(path), size], sig.encode())
+        decoder = OpDecoder()
+        for item in self._client.items(call):
+            yield from decoder.feed(item.raw)
+        if not decoder.done:
+            raise ConnectError(f"the remote helper on {self._conn.label} sent an incomplete delta")
+        return entry_from_json(call.final["st"])
+
+    def write_delta(
+        self,
+        path: RelPath,
+        ops: Iterable[DeltaOp],
+        mode: int,
+        mtime_ns: int,
+        expected: Entry,
+    ) -> Entry:
+        client = self._client
+        call = client.call("patch", [self._rel(path), mode & 0o7777, mtime_ns, [entry_to_json(expected)]])
+        try:
+            pending: list[bytes] = []
+            size = 0
+            for piece in encode_ops(ops):
+                pending.append(piece)
+                size += len(piece)
+                if size >= CHUNK:
+                    client.data(call, b"".join(pending))
+                    pending, size = [], 0
+                    early = client.failed_early(call)
+                    if early is not None:
+                        raise early
+            if pending:
+                client.data(call, b"".join(pending))
+        except BaseException:
+            with contextlib.suppress(OSError, ConnectError):
+                client.abort(call)
+                client.result(call)
+            raise
+        client.end(call)
+        entry = entry_from_json(client.result(call).meta["e"])
+        assert entry is not None
+        return entry
+
+    # ---- lifetime ------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for helper in [self._client, *self._extra]:
+            helper.close()
+        self._extra.clear()
+        if self._owns_conn:
+            self._conn.close()
+
+
+def _kind_char(kind: Kind) -> str:
+    return {Kind.FILE: "f", Kind.DIR: "d", Kind.LINK: "l"}[kind]
+
+
+def _item_error(meta: list[Any]) -> OSError:
+    return call_error(meta)
+
+
+def _stripes(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut a chunk stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    pending: list[bytes] = []
+    have = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        have += len(chunk)
+        while have >= size:
+            data = b"".join(pending)
+            yield data[:size]
+            rest = data[size:]
+            pending = [rest] if rest else []
+            have = len(rest)
+    if have:
+        yield b"".join(pending)
+
+
+def _send_range(helper: AgentClient, rel: str, tmp: str, offset: int, data: bytes) -> None:
+    call = helper.call("pw_range", [rel, tmp, offset])
+    helper.data(call, data)
+    helper.end(call)
+    helper.result(call)
+
+
+def open_agent_endpoint(
+    spec: ConnSpec, root: str, *, python: str = "python3", streams: int = STREAMS
+) -> AgentEndpoint:
+    """Connect with ``spec`` and serve ``root`` through the helper; the endpoint owns the connection.
+
+    Raises HelperUnavailable when the server cannot run the helper.
+    """
+    conn = connect(spec)
+    try:
+        return AgentEndpoint(conn, root, python=python, owns_connection=True, streams=streams)
+    except BaseException:
+        conn.close()
+        raise
+
