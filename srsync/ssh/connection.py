@@ -8,6 +8,7 @@ signature is never sent to an unverified server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ import paramiko
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh import hostkeys
-from srsync.ssh.errors import connect_errors
+from srsync.ssh.errors import connect_errors, connection_lost
 from srsync.ssh.sftpfs import SFTPFS, open_sftp_client
 from srsync.ssh.sshconfig import (
     DEFAULT_IDENTITIES,
@@ -45,10 +46,18 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes128-ctr", "aes256-gcm@openssh.com", "aes256-ctr")
 # Larger flow-control windows keep long fat links busy; memory cost is per channel.
 WINDOW_SIZE = 8 * 1024 * 1024
+# Exec channels of the remote helper: a bigger window keeps a long fat link
+# busy when pulling; packets up to 256 KiB mean fewer of paramiko's costly
+# per-packet steps (the server may still send smaller ones).
+COMMAND_WINDOW = 32 * 1024 * 1024
+COMMAND_PACKET = 256 * 1024
 MAX_JUMP_DEPTH = 8
-# SFTP requests on an established session may wait this long for an answer
-# before the connection counts as stalled (a keepalive does not unstick a read).
-MIN_IO_TIMEOUT = 30.0
+# An established connection silent for the configured timeout counts as
+# stalled (SPEC: a silent connection is reported within the timeout; the
+# remote helper sends keepalive frames during long operations, and no single
+# SFTP request is legitimately silent that long).  A floor keeps tiny
+# timeouts from tripping on scheduling noise.
+MIN_IO_TIMEOUT = 1.0
 
 
 class ExecStreams(NamedTuple):
@@ -67,6 +76,68 @@ class ExecStreams(NamedTuple):
         cast(Any, self.stdout).channel.close()
 
 
+class CommandChannel:
+    """A remote command's stdin and stdout as raw byte streams; paramiko stays inside.
+
+    One thread may send while another receives (paramiko channels allow
+    that); failures of the channel or connection become ``ConnectError``.
+    """
+
+    def __init__(self, channel: paramiko.Channel, label: str, io_timeout: float) -> None:
+        self._channel = channel
+        self.label = label
+        # a send blocks while the far side's window is full; longer than this is a stall
+        channel.settimeout(io_timeout)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data`` to the command's stdin.
+
+        Not paramiko's ``sendall``: it re-slices the remaining bytes after
+        every packet (a copy each time, quadratic for big buffers); a
+        memoryview advances for free.
+        """
+        view = memoryview(data)
+        try:
+            while view:
+                sent = self._channel.send(view)
+                if sent <= 0:
+                    raise EOFError("the channel was closed while sending")
+                view = view[sent:]
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise connection_lost(self.label, exc) from exc
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes of stdout; b"" at the end.  May raise TimeoutError when idle."""
+        try:
+            return bytes(self._channel.recv(size))
+        except TimeoutError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise connection_lost(self.label, exc) from exc
+
+    def stderr_text(self, limit: int = 4096) -> str:
+        """What the command wrote to stderr so far (for error messages), without blocking."""
+        out = b""
+        with contextlib.suppress(Exception):
+            while self._channel.recv_stderr_ready() and len(out) < limit:
+                out += self._channel.recv_stderr(limit - len(out))
+        return out.decode("utf-8", "replace")
+
+    def exit_status(self, timeout: float) -> int | None:
+        """The command's exit status once it ended within ``timeout`` seconds, else None."""
+        if self._channel.status_event.wait(timeout):
+            return int(self._channel.recv_exit_status())
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._channel.closed) or self._channel.eof_received and not self._channel.recv_ready()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a dead channel must not raise
+            self._channel.close()
+
+
 class SSHConnection:
     """One authenticated SSH connection (and the jump-host connections it tunnels through)."""
 
@@ -81,7 +152,7 @@ class SSHConnection:
         self.settings = settings
         self.label = settings.label
         self.timeout = timeout
-        self.io_timeout = max(4 * timeout, MIN_IO_TIMEOUT)
+        self.io_timeout = max(timeout, MIN_IO_TIMEOUT)
         self._jumps = jumps or []
         self._closed = False
 
@@ -104,6 +175,25 @@ class SSHConnection:
                 cast(BinaryIO, channel.makefile("rb")),
                 cast(BinaryIO, channel.makefile_stderr("rb")),
             )
+
+    def open_command(self, command: str, window: int = COMMAND_WINDOW) -> CommandChannel:
+        """Start ``command`` on an exec channel with a large window and large packets.
+
+        The window bounds how much the server may send ahead of our reads
+        (bytes in flight on a long link); bigger packets cut paramiko's
+        per-packet cost.
+        """
+        with connect_errors(self.label, self.timeout):
+            channel = self._transport.open_session(
+                window_size=window, max_packet_size=COMMAND_PACKET, timeout=self.timeout
+            )
+            try:
+                channel.settimeout(self.timeout)
+                channel.exec_command(command)
+            except BaseException:
+                channel.close()
+                raise
+        return CommandChannel(channel, self.label, self.io_timeout)
 
     def _open_tunnel(self, host: str, port: int) -> paramiko.Channel:
         """A direct-tcpip channel to ``host:port`` as seen from this server (ProxyJump)."""
