@@ -112,7 +112,11 @@ def _path_error(exc: OSError, path: str) -> OSError:
     # SSH_FX_FAILURE and friends carry no errno: keep the server's text and the
     # path in the message (an OSError with a filename but no errno prints badly)
     text = str(exc) or "failure"
-    return OSError(f"the SFTP server reported {text!r} for {path!r}")
+    hint = ""
+    if text.strip().lower() == "failure":
+        # SFTP v3 has no status for these: OpenSSH's sftp-server says just "Failure"
+        hint = " (SFTP gives no reason; usually a full disk or an exceeded quota)"
+    return OSError(f"the SFTP server reported {text!r} for {path!r}{hint}")
 
 
 @contextmanager
