@@ -67,3 +67,14 @@ def agent_endpoint_factory(sshd: SSHD) -> Iterator[Callable[..., AgentEndpoint]]
     yield make
     for endpoint in opened:
         endpoint.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the reliability counts (fault sweep, hostile inputs, secrets) in every run."""
+    from reliability_report import lines
+
+    out = lines()
+    if out:
+        terminalreporter.section("reliability")
+        for line in out:
+            terminalreporter.write_line(line)

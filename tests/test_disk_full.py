@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reliability_report as report
 from helpers import make_tree, remote_job, run
 
 from srsync.jobspec import Location
@@ -58,6 +59,7 @@ def test_target_disk_full(how: str, small_disk: Path, sshd: Any, tmp_path: Path,
     assert (t / "z-small").read_bytes() == b"Z" * 90_000
     assert (t / "new").read_bytes() == b"n" * 1000
     assert not [p for p in t.rglob("*") if p.name.startswith(".srsync-tmp-")]
+    report.add("disk_full")
 
 
 def test_mirror_disk_full_in_two_way(small_disk: Path, sshd: Any, tmp_path: Path,
@@ -81,3 +83,4 @@ def test_mirror_disk_full_in_two_way(small_disk: Path, sshd: Any, tmp_path: Path
     assert r.exit_code == 0, r.pairs
     assert (m / "edit").read_bytes() == (t / "edit").read_bytes()
     assert not (t / "keep").exists()
+    report.add("disk_full")

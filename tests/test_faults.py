@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reliability_report as report
 from faultproxy import BLACKHOLE, FIN, RST, FaultProxy
 from helpers import make_tree, remote_job, run, tree_state
 
@@ -101,6 +102,8 @@ def test_cut_points_sweep(direction: str, sync_type: str, sshd: Any, tmp_path: P
         started = time.monotonic()
         r = run(_job(direction, sync_type, sshd, proxy.port, m, t))
         took = time.monotonic() - started
+        report.add("cut_runs")
+        report.add(f"cut_{mode}")
         summary.append((i, which, mode, cut, r.exit_code, round(took, 1)))
         if mode == BLACKHOLE and proxy.faulted.is_set():
             # a silent connection is reported within about the configured timeout
@@ -117,6 +120,8 @@ def test_cut_points_sweep(direction: str, sync_type: str, sshd: Any, tmp_path: P
                     continue
                 if rel.startswith(".srsync-trash/"):  # a kept old version of its original path
                     rel = rel.split("/", 2)[2]
+                if h not in allowed.get(rel, set()):
+                    report.add("torn")
                 assert h in allowed.get(rel, set()), f"cut {i} ({mode} {which}@{cut}): torn {root.name}/{rel}"
         # the two-way state records only what both sides really hold (or its old value)
         if sync_type == ONE2ONE:
@@ -135,7 +140,11 @@ def test_cut_points_sweep(direction: str, sync_type: str, sshd: Any, tmp_path: P
             assert tree_state(m, with_mtime=False) == tree_state(t, with_mtime=False)
             assert (m / "target-side-new").read_bytes() == b"from the target"
         assert not list(t.rglob(".srsync-tmp-*")) and not list(m.rglob(".srsync-tmp-*"))
+        report.add("converged")
         shutil.rmtree(case)
+    report.COUNTS["cut_points"] = CUTS
+    report.COUNTS["cut_modes"] = len({s for _, s in CASES})
+    report.COUNTS["cut_directions"] = len({d for d, _ in CASES})
     print(f"\n{direction} {sync_type}: cut points (i, dir, mode, byte, exit, seconds): {summary}")
     assert sum(1 for s in summary if s[4] != 0) >= CUTS // 2, "most cuts must actually hit the run"
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import paramiko
 import pytest
+import reliability_report as report
 from helpers import remote_job, run, tree_state
 
 from srsync.jobspec import ConnSpec, Location
@@ -178,6 +179,10 @@ def test_hostile_names_never_escape_the_root(hostile_server: ConnSpec, tmp_path:
     assert r.exit_code == 3, (r.error, r.pairs)  # partial: bad names reported, the rest synced
     assert tree_state(canary) == before_canary
     after = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+    outside = [a for a in set(after) - set(before_work) if not a.startswith("deep")]
+    report.add("outside_writes", len(outside))
+    report.add("hostile_names", sum(1 for entries in HOSTILE.values() for n, kind, _ in entries
+                                    if kind == "link" or n in ("", ".", "..") or "/" in n or "\x00" in n))
     assert set(after) - set(before_work) == {"deep", "deep/target", "deep/target/good.txt",
                                             "deep/target/sub", "deep/target/sub/ok"}
     assert (target / "good.txt").read_bytes() == b"good"

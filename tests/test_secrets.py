@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import reliability_report as report
 from helpers import make_tree
 from test_cli import srsync
 from test_notify import smtp  # noqa: F401 - the real SMTP server fixture
@@ -55,6 +56,8 @@ def test_secrets_appear_nowhere(sshd: Any, smtp: Any, tmp_path: Path) -> None:  
     for path in (tmp_path / "state").rglob("*"):
         if path.is_file():
             haystacks[f"state file {path.name}"] = path.read_bytes().decode("latin-1")
+    report.add("secret_haystacks", len(haystacks))
+    report.add("leaks", sum(1 for text in haystacks.values() if SSH_SECRET in text or MAIL_SECRET in text))
     for where, text in haystacks.items():
         assert SSH_SECRET not in text, f"SSH password leaked into {where}"
         assert MAIL_SECRET not in text, f"mail password leaked into {where}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reliability_report as report
 from helpers import make_tree, remote_job, run, tree_state
 
 from srsync import errors
@@ -205,6 +206,8 @@ def test_crash_at_every_mutating_step_then_rerun_converges(
         lost = {d for d in dirty if d != b"base"} - present
         assert not lost, f"crash at op {k} lost {lost}"
         assert run(job).pairs[0].plan.empty, f"second run after crash at op {k} still has work"  # type: ignore[union-attr]
+        report.add("crash_points")
+        report.add("crash_converged")
         assert not list(m.rglob(".srsync-tmp-*")) and not list(t.rglob(".srsync-tmp-*"))
 
 
