@@ -97,6 +97,21 @@ def link_escapes(link_path: RelPath, target: str) -> bool:
     return False
 
 
+NAME_MAX = 255  # bytes in one path component on every filesystem we write to
+
+
+def temp_name(final_name: str, token: str) -> str:
+    """The temporary sibling name a write of ``final_name`` goes to, within NAME_MAX bytes.
+
+    ``token`` (random, from the caller: the core has no randomness) keeps
+    concurrent writers apart.  The final name is cut on bytes, dropping a
+    partial UTF-8 sequence the cut may leave.
+    """
+    stem = f"{TEMP_PREFIX}{token}-"
+    room = NAME_MAX - len(stem.encode("utf-8"))
+    return stem + final_name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+
+
 def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 

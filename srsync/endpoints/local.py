@@ -14,7 +14,6 @@ from srsync.core.entry import Entry, Kind, Problem, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import (
     ROOT,
-    TEMP_PREFIX,
     BadName,
     RelPath,
     check_name,
@@ -23,18 +22,14 @@ from srsync.core.paths import (
     nfc,
     validate_relpath,
 )
+from srsync.core.paths import temp_name as paths_temp_name
 from srsync.endpoints.base import CHUNK, Capabilities, Endpoint
 from srsync.endpoints.hashing import digest_chunks
 
-MAX_NAME = 255
-
 
 def temp_name(final_name: str) -> str:
-    """A temporary sibling name for ``final_name``, within NAME_MAX bytes."""
-    stem = f"{TEMP_PREFIX}{secrets.token_hex(4)}-"
-    room = MAX_NAME - len(stem.encode())
-    raw = final_name.encode("utf-8", "surrogateescape")[:room]
-    return stem + raw.decode("utf-8", "ignore")
+    """A fresh temporary sibling name for ``final_name`` (see ``core.paths.temp_name``)."""
+    return paths_temp_name(final_name, secrets.token_hex(8))
 
 
 def entry_from_stat(s: os.stat_result, target: str | None = None) -> Entry | None:

@@ -32,7 +32,6 @@ from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import (
     ROOT,
-    TEMP_PREFIX,
     BadName,
     RelPath,
     check_name,
@@ -41,13 +40,13 @@ from srsync.core.paths import (
     nfc,
     validate_relpath,
 )
+from srsync.core.paths import temp_name as paths_temp_name
 from srsync.endpoints.base import CHUNK, Capabilities, Endpoint
 from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh.connection import SSHConnection, connect
 from srsync.ssh.sftpfs import POSIX_RENAME, SFTPFS, RemoteStat
 
-NAME_MAX = 255  # bytes per name component on every common server filesystem
 # Parallel SFTP sessions while scanning: the main one plus up to 5 more.
 # OpenSSH allows 10 sessions per connection (MaxSessions) and endpoints may
 # share a connection, so extra sessions that are refused are simply done without.
@@ -56,11 +55,8 @@ NS = 1_000_000_000
 
 
 def temp_name(final_name: str) -> str:
-    """A fresh temporary sibling name for ``final_name`` that fits NAME_MAX bytes."""
-    stem = f"{TEMP_PREFIX}{secrets.token_hex(8)}-"
-    room = NAME_MAX - len(stem.encode("utf-8"))
-    # cut on bytes, then drop a partial UTF-8 sequence the cut may have made
-    return stem + final_name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    """A fresh temporary sibling name for ``final_name`` (see ``core.paths.temp_name``)."""
+    return paths_temp_name(final_name, secrets.token_hex(8))
 
 
 def entry_from_stat(st: RemoteStat, target: str | None = None) -> Entry | None:
