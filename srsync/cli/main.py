@@ -1,4 +1,11 @@
-"""The srsync command line: typer app, error-to-exit-code mapping, run commands."""
+"""The srsync command line: typer app, error-to-exit-code mapping, run commands.
+
+Start-up time matters (``srsync manual`` is benchmarked against rsync): heavy modules are
+imported inside the commands that need them, a run builds only the command it names
+(app_for), and option values are converted without pydantic (srsync.cli.coerce).
+``app`` holds the commands of this module; full_app() adds those of srsync.cli.ops and
+srsync.cli.twoway.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +15,39 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from srsync import errors
+from srsync.cli.coerce import SrsyncCommand, SrsyncGroup
 
 if TYPE_CHECKING:
     from srsync.engine.daemon import JobSource
     from srsync.engine.reporter import Reporter
     from srsync.jobspec import JobSpec
 
-app = typer.Typer(
-    name="srsync",
-    help="Mirror and sync directory trees over SSH: safe by default, fast, clear.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+
+class _App(typer.Typer):
+    """A typer app whose commands convert plain option values without pydantic (see
+    srsync.cli.coerce)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", SrsyncCommand)
+        return super().command(*args, **kwargs)
+
+
+_APP_SETTINGS: dict[str, Any] = {
+    "name": "srsync",
+    "help": "Mirror and sync directory trees over SSH: safe by default, fast, clear.",
+    "no_args_is_help": True,
+    "add_completion": False,
+    "pretty_exceptions_enable": False,
+    "cls": SrsyncGroup,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+app = _App(**_APP_SETTINGS)
 
 
 class RemoteSide(StrEnum):
@@ -159,7 +180,7 @@ def manual(
     if not mirror or not target:
         fail(errors.UsageError("manual needs both -M MIRROR and -T TARGET"))
     try:
-        globals_ = loader.load_globals(loader.resolve_conf_dir(conf_dir))
+        globals_ = loader.load_globals(loader.resolve_conf_dir(conf_dir), fast=True)
         job = loader.manual_job(
             name=name, host=host, mirror=mirror, target=target, user=user, port=port, key=key,
             timeout=timeout, remote_side=remote.value, sync_type=sync_type.value,
@@ -242,7 +263,8 @@ def autorun(
 
 
 def _register_command_modules() -> None:
-    """Command groups living in their own modules register themselves on ``app``."""
+    """Command groups living in their own modules register themselves on ``app`` when
+    imported.  Done on demand (see full_app), so ``srsync manual`` does not load them."""
     import importlib
 
     for name in ("srsync.cli.ops", "srsync.cli.twoway"):
@@ -253,13 +275,45 @@ def _register_command_modules() -> None:
                 raise
 
 
-_register_command_modules()
+def full_app() -> typer.Typer:
+    """``app`` with every command: this module's and those of the command-group modules."""
+    _register_command_modules()
+    return app
+
+
+def _command_name(info: Any) -> str:
+    return str(info.name or info.callback.__name__.lower().replace("_", "-"))  # typer's rule
+
+
+def _noop() -> None:
+    pass
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The app to run for ``args``: when they name a command, an app holding only that one.
+
+    Typer builds the options of every registered command before parsing anything (~40 ms
+    for all of them); the command a run uses is enough, and it parses, helps and fails
+    exactly the same way.  No command, an unknown one, or a global option first: the
+    whole app, so the listing and suggestions stay complete.
+    """
+    if not args or args[0].startswith("-"):
+        return full_app()
+    chosen = [info for info in app.registered_commands if _command_name(info) == args[0]]
+    if not chosen:
+        chosen = [info for info in full_app().registered_commands if _command_name(info) == args[0]]
+    if len(chosen) != 1:
+        return full_app()
+    one = _App(**_APP_SETTINGS)
+    one.registered_commands = chosen
+    one.callback()(_noop)  # keeps a one-command app a group: `srsync CMD ...` as before
+    return one
 
 
 def run() -> None:
     """Console-script entry point: user errors become one line and an exit code."""
     try:
-        app()
+        app_for(sys.argv[1:])()
     except errors.SrsyncError as exc:
         from srsync.ui.console import print_error
 

@@ -25,12 +25,9 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import platformdirs
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-
+from srsync.config import quick
 from srsync.config.locations import (
     conn_for,
     format_location,
@@ -39,17 +36,17 @@ from srsync.config.locations import (
     remote_path,
     split_remote,
 )
-from srsync.config.models import (
-    ERROR_TYPE,
-    ConnFields,
-    GlobalModel,
-    JobModel,
-    NotifyModel,
-    PairFields,
-    is_secret_key,
-)
+from srsync.config.rules import ERROR_TYPE, is_secret_key
 from srsync.errors import ConfigError
 from srsync.jobspec import ConnSpec, JobSpec, Location, PairSpec, TargetSpec
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+    from srsync.config.models import ConnFields, GlobalModel, JobModel, NotifyModel, PairFields
+
+# pydantic and the models (srsync.config.models) are imported only when data has to be
+# validated by them: see _validate.  ``srsync manual`` with a plain global.toml never does.
 
 CONF_DIR_ENV = "SRSYNC_CONF_DIR"
 GLOBAL_FILE = "global.toml"
@@ -72,9 +69,6 @@ _CONN_KEYS = (
     "use_agent",
 )
 _PAIR_KEYS = ("sync_type", "checksum", "max_delete", "conflict", "trash", "trash_days")
-
-M = TypeVar("M", bound=BaseModel)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GlobalSettings:
@@ -220,10 +214,25 @@ def _strip_secrets(data: object, loc: tuple[int | str, ...], problems: _Problems
     return data
 
 
-def _validate(model: type[M], data: dict[str, Any], problems: _Problems) -> M | None:
+def _validate(kind: str, data: dict[str, Any], problems: _Problems, *, fast: bool = False) -> Any:
+    """``data`` validated as a GlobalModel (``kind`` "global") or a JobModel ("job"); None
+    when ``problems`` got its errors.
+
+    ``fast``: data the pydantic-free checks of ``srsync.config.quick`` are sure about is
+    taken without importing pydantic (the models are the slowest part of starting
+    ``srsync manual``); everything else, and every error message, comes from the models.
+    """
     clean = _strip_secrets(data, (), problems)
+    if fast and not problems:
+        model = quick.global_model(clean) if kind == "global" else quick.job_model(clean)
+        if model is not None:
+            return model
+    from pydantic import ValidationError
+
+    from srsync.config.models import GlobalModel, JobModel
+
     try:
-        return model.model_validate(clean)
+        return (GlobalModel if kind == "global" else JobModel).model_validate(clean)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             problems.add(keypath(err["loc"]), error_message(err))
@@ -533,9 +542,12 @@ def _job_from_data(
     base_dir: Path,
     globals_: GlobalSettings,
     check_roots: bool,
+    fast: bool = False,
 ) -> JobSpec:
-    """Validate raw (TOML-shaped) data into a JobSpec, raising every problem at once."""
-    model = _validate(JobModel, data, problems)
+    """Validate raw (TOML-shaped) data into a JobSpec, raising every problem at once.
+
+    ``fast``: see _validate."""
+    model = _validate("job", data, problems, fast=fast)
     job = None
     if model is not None:
         job = _build_job(
@@ -615,16 +627,21 @@ def resolve_conf_dir(explicit: str | None) -> Path:
     local = Path("conf")
     if local.is_dir():
         return local
+    import platformdirs
+
     return platformdirs.user_config_path("srsync", appauthor=False)
 
 
-def load_globals(conf_dir: Path) -> GlobalSettings:
-    """global.toml of ``conf_dir``; empty settings when the file does not exist."""
+def load_globals(conf_dir: Path, *, fast: bool = False) -> GlobalSettings:
+    """global.toml of ``conf_dir``; empty settings when the file does not exist.
+
+    ``fast``: a plain file is checked without pydantic when possible (see _validate);
+    the result and any error messages are the same."""
     path = conf_dir / GLOBAL_FILE
     if not path.exists():
         return GlobalSettings()
     problems = _Problems(str(path))
-    model = _validate(GlobalModel, read_toml(path), problems)
+    model = _validate("global", read_toml(path), problems, fast=fast)
     problems.raise_if_any()
     assert model is not None
     return _globals_from_model(model, str(path), path.parent)
@@ -818,6 +835,7 @@ def manual_job(
         base_dir=base_dir if base_dir is not None else Path.cwd(),
         globals_=globals_ if globals_ is not None else GlobalSettings(),
         check_roots=check_roots,
+        fast=True,
     )
 
 

@@ -9,20 +9,13 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from srsync.engine.reporter import Reporter
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+
     from srsync.core.entry import Problem
     from srsync.core.reconcile import Conflict
     from srsync.engine.runner import JobResult
@@ -87,6 +80,15 @@ class ConsoleReporter(Reporter):
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         if self.live:
+            from rich.progress import (  # only on a terminal: pipes and logs get plain lines
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -188,6 +190,8 @@ _STYLE = {"ok": "green", "unchanged": "green", "partial": "yellow", "halted": "r
 
 
 def summary_table(results: list[JobResult], dry_run: bool) -> Table:
+    from rich.table import Table
+
     title = "srsync dry run (nothing changed)" if dry_run else "srsync summary"
     table = Table(title=title, title_justify="left")
     for col in ("job", "target", "pair", "result"):
@@ -211,6 +215,8 @@ def summary_table(results: list[JobResult], dry_run: bool) -> Table:
 
 
 def conflicts_table(rows: list[tuple[str, str, str, str, str, str, float]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="conflicts left for review", title_justify="left")
     for col in ("job", "path", "reason", "mirror", "target", "detected"):
         table.add_column(col)
