@@ -1,4 +1,21 @@
-"""Endpoint for a directory tree on this machine."""
+"""Endpoint for a directory tree on this machine.
+
+Big trees (100k small files) make the per-entry Python cost matter, so the
+hot paths (``scan``, ``read_files``, ``hash_files``, ``apply_steps``) are
+tight loops over ``os`` calls rather than compositions of the single-path
+methods.  They keep the same invariants:
+
+* every path is validated (``check_name`` per component) before it touches
+  the disk; validated parent directories are cached, so a batch pays for
+  each directory once;
+* symlinks are never followed (``O_NOFOLLOW`` opens, ``lstat``); a scan
+  opens each directory with ``O_NOFOLLOW`` before listing it, so it does not
+  descend into a symlink swapped in for a directory it listed;
+* writes go to a temporary sibling nobody else holds (random token,
+  ``O_CREAT|O_EXCL|O_NOFOLLOW``, 0600), get mode and mtime, are checked
+  against the step's expected state (guarded steps) and only then renamed
+  over the final name; any failure removes the temporary file.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +23,52 @@ import errno
 import os
 import secrets
 import stat as st
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, suppress
+from itertools import islice
 from typing import BinaryIO, cast
 
 from srsync.core.entry import Entry, Kind, Problem, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import (
+    NAME_MAX,
     ROOT,
+    TEMP_PREFIX,
     BadName,
     RelPath,
     check_name,
-    is_temp_name,
     join,
     nfc,
     validate_relpath,
 )
 from srsync.core.paths import temp_name as paths_temp_name
-from srsync.endpoints.base import CHUNK, Capabilities, Endpoint
-from srsync.endpoints.hashing import digest_chunks
+from srsync.endpoints.base import (
+    CHANGED,
+    Capabilities,
+    Endpoint,
+    FileRead,
+    Step,
+    StepKind,
+    same_state,
+)
+from srsync.endpoints.hashing import FD_CHUNK, digest_fd
+
+_FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
+_IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, st.S_IFREG, st.S_IFDIR, st.S_IFLNK
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: a fifo swapped in for a file must not hang the run (no effect on files)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC  # the root may be a symlink to a directory
+_SUBDIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW  # nothing below it is followed
+_READ_CAP = 1 << 24  # bytes per os.read in read_files (os.read allocates what it is asked for)
+_BAD_NAMES = frozenset(("", ".", ".."))
+_TEMP_ROOM = NAME_MAX - len(TEMP_PREFIX) - 17  # name bytes beside a 16-hex-digit token and "-"
+_DIR_CACHE_MAX = 65536
+_ACCESS_AT = os.access in os.supports_dir_fd and os.access in os.supports_follow_symlinks
+_UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
+_TWINS = "two names differ only in Unicode normalisation; both skipped"
 
 
 def temp_name(final_name: str) -> str:
@@ -34,13 +78,40 @@ def temp_name(final_name: str) -> str:
 
 def entry_from_stat(s: os.stat_result, target: str | None = None) -> Entry | None:
     mode = s.st_mode
-    if st.S_ISREG(mode):
-        return Entry(Kind.FILE, size=s.st_size, mtime_ns=s.st_mtime_ns, mode=mode & 0o7777, ino=s.st_ino)
-    if st.S_ISDIR(mode):
-        return Entry(Kind.DIR, mtime_ns=s.st_mtime_ns, mode=mode & 0o7777, ino=s.st_ino)
-    if st.S_ISLNK(mode):
-        return Entry(Kind.LINK, target=target, ino=s.st_ino)
+    fmt = mode & _IFMT
+    if fmt == _IFREG:
+        return Entry(_FILE, s.st_size, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+    if fmt == _IFDIR:
+        return Entry(_DIR, 0, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+    if fmt == _IFLNK:
+        return Entry(_LINK, 0, 0, 0, target, None, s.st_ino)
     return None
+
+
+def _plain_names(names: list[str]) -> bool:
+    """True when every name is ASCII and a valid component (no check needed one by one).
+
+    ASCII names are their own NFC and valid UTF-8; readdir never returns "",
+    ".", "..", "/" or NUL, but that is checked here too, for the whole list
+    at once.
+    """
+    joined = "\0".join(names)
+    if not joined.isascii() or "/" in joined or joined.count("\0") != len(names) - 1:
+        return False
+    joined = f"\0{joined}\0"
+    return "\0\0" not in joined and "\0.\0" not in joined and "\0..\0" not in joined
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _changed(path: RelPath) -> OSError:
+    return OSError(errno.EAGAIN, CHANGED, path)
 
 
 class LocalEndpoint(Endpoint):
@@ -48,26 +119,51 @@ class LocalEndpoint(Endpoint):
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
+        self._root_slash = self.root if self.root.endswith("/") else self.root + "/"
         # On-disk spelling of paths whose names are not NFC (as found by the
         # last scan): the core only ever sees NFC, the disk keeps its bytes.
         self._disk_names: dict[RelPath, str] = {}
+        # validated parent RelPath -> its absolute on-disk path with a trailing "/"
+        # (depends on _disk_names only, so a scan clears it)
+        self._dirs: dict[RelPath, str] = {}
+        self._new_temp_token()
 
     @property
     def description(self) -> str:
         return self.root
 
     def _abs(self, path: RelPath) -> str:
+        """The on-disk absolute path of ``path``; raises BadName for an invalid one."""
         if path == ROOT:
             return self.root
-        validate_relpath(path)
+        i = path.rfind("/")
+        if i < 0:
+            base = self._root_slash
+            name = path
+        else:
+            base = self._dirs.get(path[:i]) or self._parent_abs(path, path[:i])
+            name = path[i + 1 :]
+        if name in _BAD_NAMES or "\0" in name:
+            check_name(name)  # raises
+        if self._disk_names:
+            name = self._disk_names.get(path, name)
+        return base + name
+
+    def _parent_abs(self, path: RelPath, parent: RelPath) -> str:
+        validate_relpath(path)  # the whole path: the usual BadName for a bad one
+        disk = parent
         if self._disk_names:
             parts: list[str] = []
             current = ROOT
-            for part in path.split("/"):
+            for part in parent.split("/"):
                 current = join(current, part)
                 parts.append(self._disk_names.get(current, part))
-            path = "/".join(parts)
-        return os.path.join(self.root, path)
+            disk = "/".join(parts)
+        base = self._root_slash + disk + "/"
+        if len(self._dirs) >= _DIR_CACHE_MAX:
+            self._dirs.clear()
+        self._dirs[parent] = base
+        return base
 
     def _probe_case(self, names: list[str]) -> None:
         """Find out, without writing anything, whether the filesystem folds letter case.
@@ -98,134 +194,375 @@ class LocalEndpoint(Endpoint):
     def scan(self, rules: IgnoreRules) -> ScanResult:
         result = ScanResult(entries={})
         self._disk_names = {}
+        self._dirs = {}
         if not self.root_exists():
             result.root_exists = False
             return result
-        stack: list[RelPath] = [ROOT]
-        while stack:
-            rel_dir = stack.pop()
-            seen: set[str] = set()
+        # (dir RelPath, its on-disk path): each directory is opened (never
+        # through a symlink below the root) and listed by fd, so the lstat of
+        # every entry resolves one name, not the whole path
+        pending: list[tuple[RelPath, str]] = [(ROOT, self.root)]
+        top: list[RelPath] | None = None
+        while pending:
+            rel_dir, disk_dir = pending.pop()
             try:
-                with os.scandir(self._abs(rel_dir)) as it:
-                    items = list(it)
+                fd = os.open(disk_dir, _SUBDIR_FLAGS if rel_dir else _ROOT_FLAGS)
             except OSError as exc:
                 result.problems.append(Problem(rel_dir, f"cannot list directory: {exc.strerror}"))
                 continue
-            for item in items:
-                name = item.name
-                try:
-                    name.encode("utf-8")
-                    check_name(name)
-                except (UnicodeEncodeError, BadName):
-                    shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-                    result.problems.append(
-                        Problem(join(rel_dir, shown), "name is not valid UTF-8 or not allowed; skipped")
-                    )
-                    continue
-                if is_temp_name(name):
-                    result.temp_files.append(join(rel_dir, name))
-                    continue
-                rel = join(rel_dir, nfc(name))
-                if rel in seen:
-                    # both spellings would be one path on the other side: never merge them
-                    result.problems.append(
-                        Problem(rel, "two names differ only in Unicode normalisation; both skipped")
-                    )
-                    result.entries.pop(rel, None)
-                    continue
-                seen.add(rel)
-                if nfc(name) != name:
-                    self._disk_names[rel] = name
-                try:
-                    s = item.stat(follow_symlinks=False)
-                    target = os.readlink(item.path) if st.S_ISLNK(s.st_mode) else None
-                except OSError as exc:
-                    result.problems.append(Problem(rel, f"cannot stat: {exc.strerror}"))
-                    continue
-                entry = entry_from_stat(s, target)
-                if entry is None:
-                    result.problems.append(Problem(rel, "special file (device, fifo or socket); skipped"))
-                    continue
-                if rules.is_excluded(rel, entry.is_dir):
-                    continue
-                result.entries[rel] = entry
-                if entry.is_dir:
-                    stack.append(rel)
-                elif name == IGNORE_FILE and entry.is_file:
-                    try:
-                        with open(item.path, encoding="utf-8", errors="replace") as fh:
-                            result.ignore_files[rel_dir] = fh.read()
-                    except OSError as exc:
-                        result.problems.append(Problem(rel, f"cannot read: {exc.strerror}"))
-        self._probe_case([p for p in result.entries if "/" not in p])
+            try:
+                self._scan_dir(fd, rel_dir, disk_dir, rules, result, pending)
+            finally:
+                os.close(fd)
+            if top is None:
+                top = list(islice(result.entries, 8))  # only top-level entries so far
+        self._probe_case(top or [])
         return result
 
-    def stat(self, path: RelPath) -> Entry | None:
-        full = self._abs(path)
+    def _scan_dir(
+        self,
+        fd: int,
+        rel_dir: RelPath,
+        disk_dir: str,
+        rules: IgnoreRules,
+        result: ScanResult,
+        pending: list[tuple[RelPath, str]],
+    ) -> None:
+        """List one directory (open as ``fd``) into ``result``; subdirectories go to ``pending``."""
+        problems = result.problems
         try:
-            s = os.lstat(full)
-            target = os.readlink(full) if st.S_ISLNK(s.st_mode) else None
-        except FileNotFoundError:
+            with os.scandir(fd) as it:
+                items = list(it)
+        except OSError as exc:
+            problems.append(Problem(rel_dir, f"cannot list directory: {exc.strerror}"))
+            return
+        if not items:
+            return
+        prefix = rel_dir + "/" if rel_dir else ""
+        names = [item.name for item in items]
+        if _plain_names(names):
+            if TEMP_PREFIX in "".join(names):
+                keep = [i for i, name in enumerate(names) if not name.startswith(TEMP_PREFIX)]
+                result.temp_files.extend(prefix + name for name in names if name.startswith(TEMP_PREFIX))
+                items = [items[i] for i in keep]
+                names = [names[i] for i in keep]
+            rels = [prefix + name for name in names] if prefix else names
+        else:
+            items, names, rels = self._check_names(items, rel_dir, prefix, result)
+        entries = result.entries
+        # (an all-dir_only rule set never excludes a file or link: skip asking)
+        check_files = any(not r.dir_only for r in rules.rules)
+        check_dirs = bool(rules.rules)
+        is_excluded = rules.is_excluded
+        has_ignore = IGNORE_FILE in names
+        disk_slash = disk_dir if disk_dir.endswith("/") else disk_dir + "/"
+        for item, name, rel in zip(items, names, rels, strict=True):
+            try:
+                s = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                problems.append(Problem(rel, f"cannot stat: {exc.strerror}"))
+                continue
+            mode = s.st_mode
+            fmt = mode & _IFMT
+            if fmt == _IFREG:
+                if check_files and is_excluded(rel, False):
+                    continue
+                entries[rel] = Entry(_FILE, s.st_size, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+                if has_ignore and name == IGNORE_FILE:
+                    self._read_ignore_file(fd, rel_dir, rel, result)
+            elif fmt == _IFDIR:
+                if check_dirs and is_excluded(rel, True):
+                    continue
+                entries[rel] = Entry(_DIR, 0, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+                pending.append((rel, disk_slash + name))
+            elif fmt == _IFLNK:
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError as exc:
+                    problems.append(Problem(rel, f"cannot stat: {exc.strerror}"))
+                    continue
+                if check_files and is_excluded(rel, False):
+                    continue
+                entries[rel] = Entry(_LINK, 0, 0, 0, target, None, s.st_ino)
+            else:
+                problems.append(Problem(rel, "special file (device, fifo or socket); skipped"))
+
+    def _check_names(
+        self, items: list[os.DirEntry[str]], rel_dir: RelPath, prefix: str, result: ScanResult
+    ) -> tuple[list[os.DirEntry[str]], list[str], list[RelPath]]:
+        """The general per-name checks, for a directory with non-ASCII (or odd) names.
+
+        Invalid names are reported, temporary files collected, names mapped
+        to NFC (remembering the disk spelling), and names whose NFC forms
+        coincide are all reported and skipped: either would be the same path
+        on the other side.
+        """
+        ok: list[tuple[os.DirEntry[str], str, RelPath]] = []
+        count: dict[RelPath, int] = {}
+        for item in items:
+            name = item.name
+            try:
+                name.encode("utf-8")
+                check_name(name)
+            except (UnicodeEncodeError, BadName):
+                shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+                result.problems.append(Problem(join(rel_dir, shown), _UNFIT_NAME))
+                continue
+            if name.startswith(TEMP_PREFIX):
+                result.temp_files.append(prefix + name)
+                continue
+            rel = prefix + (name if name.isascii() else nfc(name))
+            seen = count.get(rel, 0)
+            if seen:
+                result.problems.append(Problem(rel, _TWINS))
+            count[rel] = seen + 1
+            ok.append((item, name, rel))
+        kept = [t for t in ok if count[t[2]] == 1]
+        for _, name, rel in kept:
+            if not name.isascii() and rel[len(prefix) :] != name:
+                self._disk_names[rel] = name
+        return [t[0] for t in kept], [t[1] for t in kept], [t[2] for t in kept]
+
+    def _read_ignore_file(self, fd: int, rel_dir: RelPath, rel: RelPath, result: ScanResult) -> None:
+        def opener(name: str, flags: int) -> int:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+
+        try:
+            with open(IGNORE_FILE, encoding="utf-8", errors="replace", opener=opener) as fh:
+                result.ignore_files[rel_dir] = fh.read()
+        except OSError as exc:
+            result.problems.append(Problem(rel, f"cannot read: {exc.strerror}"))
+
+    def _lstat(self, full: str, dfd: int | None = None) -> Entry | None:
+        """``stat`` of an absolute path (or a name in ``dfd``): None when missing (or a special file)."""
+        try:
+            s = os.lstat(full, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except NotADirectoryError:
-            return None
-        return entry_from_stat(s, target)
+        mode = s.st_mode
+        fmt = mode & _IFMT
+        if fmt == _IFREG:
+            return Entry(_FILE, s.st_size, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+        if fmt == _IFDIR:
+            return Entry(_DIR, 0, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+        if fmt == _IFLNK:
+            try:
+                target = os.readlink(full, dir_fd=dfd)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            return Entry(_LINK, 0, 0, 0, target, None, s.st_ino)
+        return None
+
+    def stat(self, path: RelPath) -> Entry | None:
+        return self._lstat(self._abs(path))
 
     def open_read(self, path: RelPath) -> AbstractContextManager[BinaryIO]:
         fd = os.open(self._abs(path), os.O_RDONLY | os.O_NOFOLLOW)
         return cast(BinaryIO, os.fdopen(fd, "rb", buffering=0))
 
+    def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
+        """See ``Endpoint.read_files``; the Entry is the fstat of the file read, taken after reading.
+
+        (Of the object actually read, so it describes the content returned:
+        a change while reading shows in it, as growth shows in the length.)
+        """
+        abs_path = self._abs
+        os_open, read, fstat, close = os.open, os.read, os.fstat, os.close
+        for f in files:
+            try:
+                fd = os_open(abs_path(f.path), _READ_FLAGS)
+            except OSError as exc:
+                yield exc
+                continue
+            try:
+                size = f.size
+                want = size + 1
+                data = read(fd, want if want <= _READ_CAP else _READ_CAP)
+                if data and len(data) < size:  # a short read: on to the size (or EOF)
+                    parts = [data]
+                    have = len(data)
+                    while have < size:
+                        block = read(fd, min(want - have, _READ_CAP))
+                        if not block:
+                            break
+                        parts.append(block)
+                        have += len(block)
+                    data = b"".join(parts)
+                s = fstat(fd)
+            except OSError as exc:
+                yield exc
+                continue
+            finally:
+                close(fd)
+            mode = s.st_mode
+            if mode & _IFMT == _IFREG:
+                yield data, Entry(_FILE, s.st_size, s.st_mtime_ns, mode & 0o7777, None, None, s.st_ino)
+            else:
+                yield data, entry_from_stat(s)  # a fifo or device swapped in: no file, "changed"
+
+    def _hash_abs(self, full: str, buf: bytearray | None = None) -> str:
+        fd = os.open(full, _READ_FLAGS)
+        try:
+            s = os.fstat(fd)
+            if s.st_mode & _IFMT != _IFREG:
+                if s.st_mode & _IFMT == _IFDIR:
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
+                raise OSError(errno.EINVAL, "not a regular file", full)
+            return digest_fd(fd, s.st_size, buf)
+        finally:
+            os.close(fd)
+
     def hash_file(self, path: RelPath) -> str:
-        return digest_chunks(self.read_chunks(path, CHUNK))
+        return self._hash_abs(self._abs(path))
+
+    def hash_files(self, paths: list[RelPath]) -> Iterator[str | OSError]:
+        abs_path, hash_abs = self._abs, self._hash_abs
+        buf = bytearray(FD_CHUNK)
+        for path in paths:
+            try:
+                yield hash_abs(abs_path(path), buf)
+            except OSError as exc:
+                yield exc
 
     # ---- writing -------------------------------------------------------
     def ensure_root(self) -> None:
         os.makedirs(self.root, exist_ok=True)
 
+    def _open_dir(self, dpath: str) -> int:
+        """An fd for the directory ``dpath`` (absolute, ending in "/"); below the root never via a symlink."""
+        if dpath == self._root_slash:
+            return os.open(self.root, _ROOT_FLAGS)
+        return os.open(dpath[:-1], _SUBDIR_FLAGS)  # (a trailing "/" would follow a symlink)
+
+    def _split(self, path: RelPath) -> tuple[str, str]:
+        """(on-disk parent directory ending in "/", on-disk name) of a path below the root."""
+        if path == ROOT:
+            raise IsADirectoryError(errno.EISDIR, "the root is a directory", self.root)
+        final = self._abs(path)
+        i = final.rfind("/") + 1
+        return final[:i], final[i:]
+
+    def _new_temp_token(self) -> None:
+        """Draw the random token of this endpoint's temporary names.
+
+        One token serves every write: a temporary name is the token plus the
+        final name, and one final name is written at a time, so names stay
+        apart; another writer's token differs, and a name already taken
+        (``O_EXCL`` fails) makes a fresh token.
+        """
+        self._tmp_token = secrets.token_hex(8)
+        self._tmp_prefix = f"{TEMP_PREFIX}{self._tmp_token}-"
+
+    def _temp_name(self, name: str) -> str:
+        """The temporary sibling name for the on-disk name ``name``."""
+        if len(name) <= _TEMP_ROOM and name.isascii():
+            return self._tmp_prefix + name
+        return paths_temp_name(name, self._tmp_token)
+
+    def _guard(self, dfd: int, name: str, step: Step | None) -> None:
+        if step is not None and step.guarded and not same_state(self._lstat(name, dfd), step.expected):
+            raise _changed(step.path)
+
+    def _install(self, dfd: int, dpath: str, tmp: str, name: str, step: Step | None) -> None:
+        """Rename ``tmp`` over ``name`` (in ``dfd``), after checking ``name`` for a guarded step."""
+        if step is not None and step.guarded and (
+            # (where nothing is expected, a cheap existence test comes first: no exception)
+            step.expected is not None
+            or not _ACCESS_AT
+            or os.access(name, os.F_OK, dir_fd=dfd, follow_symlinks=False)
+        ):
+            self._guard(dfd, name, step)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except IsADirectoryError:
+            # (rename refuses to put a non-directory over a directory)
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", dpath + name) from None
+
+    def _write_at(
+        self,
+        dfd: int,
+        dpath: str,
+        name: str,
+        data: bytes | None,
+        chunks: Iterator[bytes] | None,
+        mode: int,
+        mtime_ns: int,
+        step: Step | None = None,
+    ) -> Entry:
+        """Write ``name`` in the directory ``dfd``: temp file, mode, mtime, (guard,) rename."""
+        tmp = self._temp_name(name)
+        try:
+            try:
+                fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+            except FileExistsError:
+                self._new_temp_token()  # a leftover, or a name planted there: draw again
+                tmp = self._temp_name(name)
+                fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+        except OSError:
+            self._guard(dfd, name, step)  # a changed target is reported as such
+            raise
+        try:
+            try:
+                if chunks is not None:
+                    for block in chunks:
+                        if block:
+                            _write_all(fd, block)
+                elif data:
+                    _write_all(fd, data)
+                os.fchmod(fd, mode & 0o7777)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                s = os.fstat(fd)  # as stored (mtime granularity, mode bits kept)
+            finally:
+                os.close(fd)
+            self._install(dfd, dpath, tmp, name, step)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        return Entry(_FILE, s.st_size, s.st_mtime_ns, s.st_mode & 0o7777, None, None, s.st_ino)
+
     def write_file(
         self, path: RelPath, chunks: Iterator[bytes], mode: int, mtime_ns: int
     ) -> Entry:
-        final = self._abs(path)
-        directory, name = os.path.split(final)
-        tmp = os.path.join(directory, temp_name(name))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        dpath, name = self._split(path)
+        dfd = self._open_dir(dpath)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as fh:
-                for block in chunks:
-                    view = memoryview(block)
-                    while view:
-                        n = fh.write(view)
-                        view = view[n or 0 :]
-                os.fchmod(fh.fileno(), mode & 0o7777)
-                os.utime(fh.fileno(), ns=(mtime_ns, mtime_ns))
-            if os.path.isdir(final) and not os.path.islink(final):
-                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", final)
-            os.replace(tmp, final)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-        s = os.lstat(final)
-        entry = entry_from_stat(s)
-        assert entry is not None
-        return entry
+            return self._write_at(dfd, dpath, name, None, chunks, mode, mtime_ns)
+        finally:
+            os.close(dfd)
 
     def mkdir(self, path: RelPath, mode: int) -> None:
         os.mkdir(self._abs(path), mode & 0o7777 | 0o700)
 
-    def symlink(self, path: RelPath, target: str) -> None:
-        final = self._abs(path)
-        directory, name = os.path.split(final)
-        tmp = os.path.join(directory, temp_name(name))
-        os.symlink(target, tmp)
+    def _symlink_at(self, dfd: int, dpath: str, name: str, target: str, step: Step | None = None) -> None:
+        tmp = self._temp_name(name)
         try:
-            if os.path.isdir(final) and not os.path.islink(final):
-                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", final)
-            os.replace(tmp, final)
+            try:
+                os.symlink(target, tmp, dir_fd=dfd)
+            except FileExistsError:
+                self._new_temp_token()
+                tmp = self._temp_name(name)
+                os.symlink(target, tmp, dir_fd=dfd)
+        except OSError:
+            self._guard(dfd, name, step)
+            raise
+        try:
+            self._install(dfd, dpath, tmp, name, step)
         except BaseException:
             with suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             raise
+
+    def _symlink(self, path: RelPath, target: str, step: Step | None = None) -> None:
+        dpath, name = self._split(path)
+        dfd = self._open_dir(dpath)
+        try:
+            self._symlink_at(dfd, dpath, name, target, step)
+        finally:
+            os.close(dfd)
+
+    def symlink(self, path: RelPath, target: str) -> None:
+        self._symlink(path, target)
 
     def remove(self, path: RelPath, kind: Kind) -> None:
         if path == ROOT:
@@ -254,3 +591,103 @@ class LocalEndpoint(Endpoint):
             if exc.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                 raise NotImplementedError(str(exc)) from exc  # the caller copies instead
             raise
+
+    # ---- batches -----------------------------------------------------------
+    def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
+        """``Endpoint.apply_steps`` with the guards of ``Endpoint._apply_step``.
+
+        Writes into one directory share an fd for it (opened never through a
+        symlink below the root); any step other than a WRITE or MKDIR drops
+        it, so a directory removed or replaced by the batch is looked up
+        afresh.  A guarded WRITE or LINK checks the final name right before
+        its rename, when the temporary object is complete.
+        """
+        write, mkdir = StepKind.WRITE, StepKind.MKDIR
+        abs_path = self._abs
+        dpath = ""
+        dfd = -1
+        try:
+            for step in steps:
+                try:
+                    kind = step.kind
+                    if kind is write:
+                        entry = step.entry
+                        assert entry is not None
+                        if step.path == ROOT:
+                            raise IsADirectoryError(errno.EISDIR, "the root is a directory", self.root)
+                        final = abs_path(step.path)
+                        i = final.rfind("/") + 1
+                        if final[:i] != dpath:
+                            if dfd >= 0:
+                                os.close(dfd)
+                                dfd, dpath = -1, ""
+                            dfd = self._open_dir(final[:i])
+                            dpath = final[:i]
+                        yield self._write_at(
+                            dfd, dpath, final[i:], step.data, step.chunks, entry.mode, entry.mtime_ns, step
+                        )
+                    elif kind is mkdir:
+                        self._mkdir_step(step)
+                        yield None
+                    else:
+                        if dfd >= 0:
+                            os.close(dfd)
+                            dfd, dpath = -1, ""
+                        self._other_step(step)
+                        yield None
+                except OSError as exc:
+                    yield exc
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+
+    def _mkdir_step(self, step: Step) -> None:
+        entry = step.entry
+        assert entry is not None
+        full = self._abs(step.path)
+        mode = entry.mode & 0o7777 | 0o700
+        if step.guarded:
+            if step.expected is None:
+                try:
+                    os.mkdir(full, mode)
+                    return
+                except OSError:
+                    pass  # (a directory there is fine: the slow way below decides)
+            current = self._lstat(full)
+            if current is not None and current.kind is _DIR:
+                return
+            if not same_state(current, step.expected):
+                raise _changed(step.path)
+        os.mkdir(full, mode)
+
+    def _other_step(self, step: Step) -> None:
+        entry = step.entry
+        if step.kind is StepKind.LINK:
+            assert entry is not None and entry.target is not None
+            self._symlink(step.path, entry.target, step)
+            return
+        full = self._abs(step.path)
+        if step.kind is StepKind.META:
+            assert entry is not None
+            current = self._lstat(full)
+            if step.guarded:
+                if current is None or current.kind is not entry.kind:
+                    raise OSError(errno.EAGAIN, "changed since scan; skipped", step.path)
+                if step.expected is not None and not same_state(current, step.expected):
+                    raise _changed(step.path)
+            if current is not None and current.kind is _LINK:
+                raise OSError(errno.ELOOP, "refusing to change metadata through a symlink", full)
+            mode = entry.mode & 0o7777
+            if current is None or current.mode != mode:
+                os.chmod(full, mode)
+            os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            return
+        assert step.kind is StepKind.REMOVE and step.expected is not None
+        if step.guarded and not same_state(self._lstat(full), step.expected):
+            raise _changed(step.path)
+        if step.path == ROOT:
+            raise PermissionError(errno.EPERM, "refusing to remove the root", self.root)
+        if step.expected.kind is _DIR:
+            os.rmdir(full)
+        else:
+            os.unlink(full)
