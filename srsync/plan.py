@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from srsync.core.compare import Diff
 from srsync.core.entry import Entry, Kind, Snapshot
-from srsync.core.paths import ROOT, RelPath, depth, parent
+from srsync.core.paths import ROOT, RelPath, depth
 from srsync.core.reconcile import ALPHA, BETA, Change, Conflict, Reconciliation
 
 __all__ = ["ALPHA", "BETA", "OpKind", "Operation", "Plan", "PlanStats", "make_plan"]
@@ -34,7 +34,7 @@ class OpKind(enum.Enum):
     META = "meta"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
 class Operation:
     """One step on side ``side``: what it expects to find there and what it puts."""
 
@@ -76,10 +76,6 @@ class Plan:
         return not self.operations and not self.conflicts
 
 
-def _is_dir(e: Entry | None) -> bool:
-    return e is not None and e.kind is Kind.DIR
-
-
 def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple[list[Operation], PlanStats]:
     stats = PlanStats()
     removes: list[Operation] = []
@@ -89,47 +85,49 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
     dir_meta: dict[RelPath, Operation] = {}
     touched_dirs: set[RelPath] = set()
 
+    # hot loop (one pass per changed path): positional construction, locals, inlined parent()
+    file_kind, dir_kind, meta_diff = Kind.FILE, Kind.DIR, Diff.META
+    copy_op, link_op = OpKind.COPY, OpKind.LINK
+    add_touched = touched_dirs.add
     for ch in changes:
-        old, new = ch.old, ch.new
+        old, new, path = ch.old, ch.new, ch.path
+        i = path.rfind("/")
+        par = path[:i] if i > 0 else ROOT
         if new is None:
             assert old is not None
-            removes.append(Operation(OpKind.REMOVE, ch.path, side, expected=old))
+            removes.append(Operation(OpKind.REMOVE, path, side, old))
             stats.deleted += 1
-            touched_dirs.add(parent(ch.path))
+            add_touched(par)
             continue
-        if ch.diff is Diff.META:
+        if ch.diff is meta_diff:
             assert old is not None
-            if new.kind is Kind.DIR:
-                dir_meta[ch.path] = Operation(OpKind.META, ch.path, side, expected=old, entry=new)
+            if new.kind is dir_kind:
+                dir_meta[path] = Operation(OpKind.META, path, side, old, new)
             else:
-                file_meta.append(Operation(OpKind.META, ch.path, side, expected=old, entry=new))
+                file_meta.append(Operation(OpKind.META, path, side, old, new))
             stats.meta += 1
             continue
         expected = old
-        if old is not None and _is_dir(old) != _is_dir(new):
+        if old is not None and (old.kind is dir_kind) != (new.kind is dir_kind):
             # clearing the way for a type change: counted as the update it is part of
-            removes.append(Operation(OpKind.REMOVE, ch.path, side, expected=old, is_update=True))
+            removes.append(Operation(OpKind.REMOVE, path, side, old, None, True))
             expected = None
-        touched_dirs.add(parent(ch.path))
-        if new.kind is Kind.DIR:
-            mkdirs.append(
-                Operation(OpKind.MKDIR, ch.path, side, expected=expected, entry=new, is_update=old is not None)
-            )
-            dir_meta[ch.path] = Operation(OpKind.META, ch.path, side, expected=None, entry=new)
+        add_touched(par)
+        if new.kind is dir_kind:
+            mkdirs.append(Operation(OpKind.MKDIR, path, side, expected, new, old is not None))
+            dir_meta[path] = Operation(OpKind.META, path, side, None, new)
             if old is None:
                 stats.created += 1
             else:
                 stats.updated += 1
         else:
-            kind = OpKind.COPY if new.kind is Kind.FILE else OpKind.LINK
-            writes.append(
-                Operation(kind, ch.path, side, expected=expected, entry=new, is_update=old is not None)
-            )
+            kind = copy_op if new.kind is file_kind else link_op
+            writes.append(Operation(kind, path, side, expected, new, old is not None))
             if old is None:
                 stats.created += 1
             else:
                 stats.updated += 1
-            if kind is OpKind.COPY:
+            if kind is copy_op:
                 stats.bytes += new.size
 
     # Directories whose children change get their mtime re-applied afterwards,
@@ -143,10 +141,14 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
 
     removes.sort(key=lambda op: (-depth(op.path), op.path))
     mkdirs.sort(key=lambda op: (depth(op.path), op.path))
-    writes.sort(key=lambda op: op.path)
-    file_meta.sort(key=lambda op: op.path)
+    writes.sort(key=_op_path)
+    file_meta.sort(key=_op_path)
     dmeta = sorted(dir_meta.values(), key=lambda op: (-depth(op.path), op.path))
     return removes + mkdirs + writes + file_meta + dmeta, stats
+
+
+def _op_path(op: Operation) -> RelPath:
+    return op.path
 
 
 def make_plan(rec: Reconciliation) -> Plan:

@@ -14,22 +14,82 @@ class Kind(enum.Enum):
     LINK = "link"
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    """One filesystem object as scanned.
+    """One filesystem object as scanned; treat as immutable (``replace`` makes a changed copy).
 
     ``mode`` holds permission bits only (``0o7777``).  ``digest`` is the
     XXH3-128 hex digest of a file's content when known.  ``ino`` identifies
-    the object for the hash cache and is not part of equality.
+    the object for the hash cache and is not part of equality or hashing.
+
+    A plain ``__slots__`` class rather than a frozen dataclass: scans build
+    one per path, and the frozen dataclass constructor cost ~2.4 us against
+    ~0.5 us for this one (100k-entry trees are scanned twice per run).
     """
 
+    __slots__ = ("kind", "size", "mtime_ns", "mode", "target", "digest", "ino")
+
     kind: Kind
-    size: int = 0
-    mtime_ns: int = 0
-    mode: int = 0
-    target: str | None = None
-    digest: str | None = None
-    ino: int = field(default=0, compare=False)
+    size: int
+    mtime_ns: int
+    mode: int
+    target: str | None
+    digest: str | None
+    ino: int
+
+    def __init__(
+        self,
+        kind: Kind,
+        size: int = 0,
+        mtime_ns: int = 0,
+        mode: int = 0,
+        target: str | None = None,
+        digest: str | None = None,
+        ino: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.mode = mode
+        self.target = target
+        self.digest = digest
+        self.ino = ino
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.kind, self.size, self.mtime_ns, self.mode, self.target, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Entry:
+            return NotImplemented
+        assert isinstance(other, Entry)
+        return (
+            self.kind is other.kind
+            and self.size == other.size
+            and self.mtime_ns == other.mtime_ns
+            and self.mode == other.mode
+            and self.target == other.target
+            and self.digest == other.digest
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(kind={self.kind!r}, size={self.size!r}, mtime_ns={self.mtime_ns!r}, "
+            f"mode={self.mode!r}, target={self.target!r}, digest={self.digest!r}, ino={self.ino!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Entry, (self.kind, self.size, self.mtime_ns, self.mode, self.target, self.digest, self.ino))
+
+    def replace(self, **changes: object) -> Entry:
+        """A copy with some fields changed (the dataclasses.replace of this class)."""
+        values: dict[str, object] = {name: getattr(self, name) for name in Entry.__slots__}
+        for name in changes:
+            if name not in values:
+                raise TypeError(f"Entry has no field {name!r}")
+        values.update(changes)
+        return Entry(**values)  # type: ignore[arg-type]
 
     @property
     def is_file(self) -> bool:

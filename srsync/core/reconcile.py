@@ -35,7 +35,7 @@ class Policy(enum.Enum):
     ASK = "ask"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
 class Change:
     """Replace ``old`` (what the side has now) by ``new`` at ``path``; None = absent."""
 
@@ -45,7 +45,7 @@ class Change:
     diff: Diff = Diff.CONTENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
 class Rename:
     """Move a conflict's losing version aside on its own side, before anything else."""
 
@@ -136,16 +136,38 @@ def reconcile(
     return _TwoWay(ancestor, alpha, beta, cmp, policy, decisions or {}, stamp).run()
 
 
-def _changes(side: Snapshot, final: Snapshot, cmp: Comparator, skip: frozenset[RelPath]) -> tuple[Change, ...]:
+def _changes(
+    side: Snapshot,
+    final: Snapshot,
+    cmp: Comparator,
+    skip: frozenset[RelPath],
+    known_same: dict[RelPath, Entry] | None = None,
+) -> tuple[Change, ...]:
+    # Hot path: every path of both snapshots passes here, and on a quiet tree
+    # almost none changes; only the changes are sorted.  ``known_same`` maps
+    # paths to a final entry the caller has proved this side's entry equal to.
     out = []
-    for path in sorted(side.keys() | final.keys()):
-        if path in skip:
+    diff = cmp.diff
+    same = Diff.SAME
+    proved = (known_same or {}).get
+    for path, fin in final.items():
+        if proved(path) is fin:
             continue
-        cur, fin = side.get(path), final.get(path)
-        diff = cmp.diff(cur, fin)
-        if diff is not Diff.SAME:
-            out.append(Change(path, old=cur, new=fin, diff=diff))
+        cur = side.get(path)
+        if cur is fin:
+            continue
+        d = diff(cur, fin)
+        if d is not same and path not in skip:
+            out.append(Change(path, cur, fin, d))
+    for path, cur in side.items():
+        if path not in final and path not in skip:
+            out.append(Change(path, cur, None, Diff.CONTENT))
+    out.sort(key=_change_path)
     return tuple(out)
+
+
+def _change_path(ch: Change) -> RelPath:
+    return ch.path
 
 
 class _TwoWay:
@@ -160,33 +182,62 @@ class _TwoWay:
         stamp: str,
     ) -> None:
         self.anc, self.cmp, self.policy, self.decisions, self.stamp = ancestor, cmp, policy, decisions, stamp
-        self.side = {ALPHA: dict(alpha), BETA: dict(beta)}
+        # each side as the changes see it; copied on the first conflict copy moved aside
+        self.side = {ALPHA: alpha, BETA: beta}
         self.orig = {ALPHA: alpha, BETA: beta}
         self.final: Snapshot = {}
         self.renames: list[Rename] = []
         self.conflicts: list[Conflict] = []
         self.unresolved: set[RelPath] = set()
-        self.taken: set[RelPath] = set(alpha) | set(beta) | set(ancestor)
+        self._taken: set[RelPath] | None = None  # every name in use, built on the first conflict
 
     def run(self) -> Reconciliation:
         a_snap, b_snap = self.orig[ALPHA], self.orig[BETA]
-        for path in sorted(self.anc.keys() | a_snap.keys() | b_snap.keys()):
-            self._decide(path, self.anc.get(path), a_snap.get(path), b_snap.get(path))
+        anc, final, diff, same = self.anc, self.final, self.cmp.diff, Diff.SAME
+        # Paths unchanged on both sides keep the mirror's entry at once; only the
+        # rest is decided one by one, in sorted order (conflict copy names depend on it).
+        pending: list[RelPath] = []
+        # Quiet paths without digests: a ~ ancestor ~ b by size, mtime and mode,
+        # hence a ~ b, and the target's change list needn't compare them again.
+        quiet: dict[RelPath, Entry] = {}
+        for path, o in anc.items():
+            a = a_snap.get(path)
+            if a is not None and diff(o, a) is same:
+                b = b_snap.get(path)
+                if b is not None and diff(o, b) is same:
+                    final[path] = a
+                    if a.digest is None and b.digest is None:
+                        quiet[path] = a
+                    continue
+            pending.append(path)
+        pending.extend(p for p in a_snap if p not in anc)
+        pending.extend(p for p in b_snap if p not in anc and p not in a_snap)
+        pending.sort()
+        for path in pending:
+            self._decide(path, anc.get(path), a_snap.get(path), b_snap.get(path))
         self._fix_parents()
         # Inside a subtree left for review nothing is touched either.
-        frozen = frozenset(
-            p for p in self.taken | set(self.final) if self.unresolved and self._in_unresolved(p)
-        )
+        frozen: frozenset[RelPath] = frozenset()
+        if self.unresolved:
+            frozen = frozenset(
+                p for p in self.taken | set(self.final) if self._in_unresolved(p)
+            )
         for p in frozen:
             self.final.pop(p, None)
         return Reconciliation(
             alpha_changes=_changes(self.side[ALPHA], self.final, self.cmp, frozen),
-            beta_changes=_changes(self.side[BETA], self.final, self.cmp, frozen),
+            beta_changes=_changes(self.side[BETA], self.final, self.cmp, frozen, quiet),
             conflicts=tuple(self.conflicts),
             renames=tuple(self.renames),
             final=self.final,
             unresolved=frozen,
         )
+
+    @property
+    def taken(self) -> set[RelPath]:
+        if self._taken is None:
+            self._taken = set(self.orig[ALPHA]) | set(self.orig[BETA]) | set(self.anc)
+        return self._taken
 
     def _in_unresolved(self, path: RelPath) -> bool:
         while path != ROOT:
@@ -257,6 +308,8 @@ class _TwoWay:
         copy = conflict_name(path, side, self.stamp, self.taken)
         self.taken.add(copy)
         self.renames.append(Rename(side, path, copy, entry))
+        if self.side[side] is self.orig[side]:
+            self.side[side] = dict(self.orig[side])
         snap = self.side[side]
         snap.pop(path, None)
         snap[copy] = entry
@@ -272,9 +325,10 @@ class _TwoWay:
         Deepest paths first, so repairs climb towards the root.
         """
         final = self.final
+        get, dir_kind = final.get, Kind.DIR
         broken = [
-            path for path, _ in final.items()
-            if (q := parent(path)) != ROOT and ((e := final.get(q)) is None or e.kind is not Kind.DIR)
+            path for path in final
+            if (i := path.rfind("/")) > 0 and ((e := get(path[:i])) is None or e.kind is not dir_kind)
         ]
         # Repairs only ever turn a parent into a directory or add a sibling
         # copy, so paths that were fine stay fine: only the broken ones need work.

@@ -8,7 +8,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +61,11 @@ class LogReporter(Reporter):
 
     def op_done(self, job: str, op: Operation) -> None:
         self.log.debug("%s: %s %s", job, op.kind.value, op.path, extra={"srsync": {"job": job}})
+
+    def ops_done(self, job: str, ops: Sequence[Operation]) -> None:
+        if self.log.isEnabledFor(logging.DEBUG):
+            for op in ops:
+                self.op_done(job, op)
 
     def problem(self, job: str, problem: Problem) -> None:
         side = f"{problem.side} " if problem.side else ""

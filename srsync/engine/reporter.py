@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ class Reporter:
     def bytes_transferred(self, job: str, n: int) -> None: ...
 
     def op_done(self, job: str, op: Operation) -> None: ...
+
+    def ops_done(self, job: str, ops: Sequence[Operation]) -> None:
+        """Several operations done, in order (the executor reports applied operations in
+        batches); the default calls ``op_done`` for each."""
+        for op in ops:
+            self.op_done(job, op)
 
     def problem(self, job: str, problem: Problem) -> None: ...
 

@@ -7,11 +7,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from srsync import errors
+from srsync.endpoints.base import Endpoint
 from srsync.endpoints.registry import EndpointPool
 from srsync.engine.lock import JobLock
 from srsync.engine.reporter import Reporter
@@ -33,7 +34,6 @@ from srsync.engine.status import (
     target_keys,
 )
 from srsync.jobspec import JobSpec, PairSpec
-from srsync.notify import notify_run
 
 
 @dataclass(slots=True)
@@ -117,7 +117,7 @@ def run_job(
                 _safe(status.target_started, job.name, key, options.dry_run)
             done: list[PairResult] = []
             try:
-                with EndpointPool() as pool:
+                with EndpointPool(cache_dir=sdir) as pool:
                     for pair in target.pairs:
                         res = _run_pair(job, target.name, pair, pool, rep, state, options, stop)
                         done.append(res)
@@ -142,6 +142,8 @@ def run_job(
     result.exit_code = combine_exit([_pair_exit(p.outcome) for p in result.pairs])
     notify = job.extra.get("notify")
     if isinstance(notify, Mapping) and not options.dry_run:
+        from srsync.notify import notify_run  # smtplib, ssl, email: only for jobs that mail
+
         problem = notify_run(job.name, result.pairs, notify)
         if problem:
             reporter.message(job.name, problem)
@@ -172,9 +174,16 @@ def _run_pair(
     stop: threading.Event | None,
 ) -> PairResult:
     started = time.time()
+    # Remote sides connect in the background (one after the other: they may share
+    # a connection) while a local side is already being scanned.
+    opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open")
     try:
-        alpha = pool.open(pair.mirror)
-        beta = pool.open(pair.target)
+        alpha: Endpoint | Future[Endpoint] = (
+            opener.submit(pool.open, pair.mirror) if pair.mirror.conn is not None else pool.open(pair.mirror)
+        )
+        beta: Endpoint | Future[Endpoint] = (
+            opener.submit(pool.open, pair.target) if pair.target.conn is not None else pool.open(pair.target)
+        )
         session = PairSession(job.name, target, pair, alpha, beta, reporter, state, options, stop)
         return session.run()
     except errors.SrsyncError as exc:
@@ -182,6 +191,8 @@ def _run_pair(
                          started=started, duration=time.time() - started, dry_run=options.dry_run)
         reporter.pair_done(job.name, res)
         return res
+    finally:
+        opener.shutdown(wait=True)  # an endpoint still opening joins the pool before it closes
 
 
 def run_jobs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from srsync.core.compare import Comparator
@@ -101,48 +101,63 @@ class PairSession:
         job: str,
         target: str,
         pair: PairSpec,
-        alpha: Endpoint,
-        beta: Endpoint,
+        alpha: Endpoint | Future[Endpoint],
+        beta: Endpoint | Future[Endpoint],
         reporter: Reporter,
         state: StateDB | None,
         options: SyncOptions,
         stop: threading.Event | None = None,
     ) -> None:
+        """``alpha``/``beta`` may still be opening (a Future): each side's scan waits for
+        its own endpoint only, so a local side is scanned while the remote one connects."""
         self.job = job
         self.target = target
         self.pair = pair
-        self.alpha = alpha
-        self.beta = beta
+        self._sources = (alpha, beta)
+        self.alpha: Endpoint
+        self.beta: Endpoint
+        if isinstance(alpha, Endpoint):
+            self.alpha = alpha
+        if isinstance(beta, Endpoint):
+            self.beta = beta
         self.reporter = reporter
         self.state = state
         self.options = options
         self.stop = stop or threading.Event()
 
     def _scan_both(self, rules: IgnoreRules) -> tuple[ScanResult, ScanResult]:
-        def scan(side: str, ep: Endpoint) -> ScanResult:
+        def scan(side: str, source: Endpoint | Future[Endpoint]) -> tuple[Endpoint, ScanResult]:
+            ep = source.result() if isinstance(source, Future) else source
             self.reporter.scan_started(self.job, side, ep.description)
             res = ep.scan(rules)
             self.reporter.scan_done(self.job, side, len(res.entries))
-            return res
+            return ep, res
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            fa = pool.submit(scan, "mirror", self.alpha)
-            fb = pool.submit(scan, "target", self.beta)
-            return fa.result(), fb.result()
+            fa = pool.submit(scan, "mirror", self._sources[0])
+            fb = pool.submit(scan, "target", self._sources[1])
+            (self.alpha, sa), (self.beta, sb) = fa.result(), fb.result()
+        return sa, sb
 
     def _fill_digests(self, ep: Endpoint, snap: Snapshot, paths: list[str]) -> Snapshot:
         cache = self.state.cached_digests(ep.identity) if self.state else {}
         fresh: list[tuple[str, int, int, int, str]] = []
         out = dict(snap)
+        todo: list[str] = []
         for path in paths:
             e = snap[path]
             hit = cache.get(path)
             if hit and hit[0] == e.size and hit[1] == e.mtime_ns and hit[2] == e.ino:
-                digest = hit[3]
+                out[path] = e.replace(digest=hit[3])
             else:
-                digest = ep.hash_file(path)
-                fresh.append((path, e.size, e.mtime_ns, e.ino, digest))
-            out[path] = replace(e, digest=digest)
+                todo.append(path)
+        # uncached files are hashed in one batch (the remote helper hashes them all in one call)
+        for path, got in zip(todo, ep.hash_files(todo), strict=True):
+            if isinstance(got, OSError):
+                raise got
+            e = snap[path]
+            fresh.append((path, e.size, e.mtime_ns, e.ino, got))
+            out[path] = e.replace(digest=got)
         if self.state and fresh:
             self.state.store_digests(ep.identity, fresh)
         return out

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -291,33 +290,43 @@ class StatusReporter(Reporter):
                               bytes_total=bytes_total)
 
     def _write_progress(self, job: str, force: bool) -> None:
+        now = time.time()
+        # unlocked peek first: most calls come well within the interval and write nothing
+        p = self._progress.get(job)
+        if p is None or (not force and now - p[3] < PROGRESS_INTERVAL):
+            return
         target = self._target(job)
         if target is None:
             return
-        now = time.time()
         with self._lock:
-            p = self._progress.get(job)
-            if p is None or (not force and now - p[3] < PROGRESS_INTERVAL):
-                return
             p[3] = now
             files, nbytes, started = int(p[0]), int(p[1]), p[2]
         elapsed = now - started
         self.store.update(job, target, files_done=files, bytes_done=nbytes,
                           rate=nbytes / elapsed if elapsed > 0 else 0.0)
 
+    # The counters below are bumped without the lock: a job's operations are
+    # executed (and reported) by one thread at a time, and readers only need
+    # numbers that are current to within a progress interval.
     def bytes_transferred(self, job: str, n: int) -> None:
-        with self._lock:
-            p = self._progress.get(job)
-            if p is not None:
-                p[1] += n
-        self._write_progress(job, False)
+        p = self._progress.get(job)
+        if p is not None:
+            p[1] += n
+            if time.time() - p[3] >= PROGRESS_INTERVAL:
+                self._write_progress(job, False)
 
     def op_done(self, job: str, op: Operation) -> None:
-        with self._lock:
-            p = self._progress.get(job)
-            if p is not None:
-                p[0] += 1
-        self._write_progress(job, False)
+        p = self._progress.get(job)
+        if p is not None:
+            p[0] += 1
+            if time.time() - p[3] >= PROGRESS_INTERVAL:
+                self._write_progress(job, False)
+
+    def ops_done(self, job: str, ops: Sequence[Operation]) -> None:
+        p = self._progress.get(job)
+        if p is not None:
+            p[0] += len(ops)
+            self._write_progress(job, False)
 
     def halted(self, job: str, reason: str) -> None:
         target = self._target(job)
@@ -336,55 +345,47 @@ def _conflict_count(result: PairResult) -> int:
 
 class FanoutReporter(Reporter):
     """Calls every hook on each of several reporters, in order; one failing never stops
-    the others nor the run (a status write must not break a sync)."""
+    the others nor the run (a status write must not break a sync).
+
+    Hooks a reporter leaves as the base class's no-op are not called at all:
+    per-operation hooks run up to a few hundred thousand times per run.
+    """
 
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = list(reporters)
         # hooks added to Reporter later (e.g. for conflicts) reach every reporter too
         for name in dir(Reporter):
-            if not name.startswith("_") and name not in FanoutReporter.__dict__:
-                setattr(self, name, self._forward(name))
+            if name.startswith("_"):
+                continue
+            targets = [getattr(r, name) for r in self.reporters if _overrides(r, name)]
+            setattr(self, name, _fanout(targets))
 
-    def _forward(self, name: str) -> Callable[..., None]:
-        def call(*args: object) -> None:
-            self._each(name, *args)
 
-        return call
+def _overrides(reporter: Reporter, name: str) -> bool:
+    """Whether ``reporter`` does something for hook ``name`` (not the base's no-op)."""
+    if name in getattr(reporter, "__dict__", {}):
+        return True
+    impl = getattr(type(reporter), name, None)
+    if impl is None:
+        return False
+    if impl is not getattr(Reporter, name):
+        return True
+    # the base's ops_done calls op_done: it matters when op_done does something
+    return name == "ops_done" and _overrides(reporter, "op_done")
 
-    def _each(self, name: str, *args: object) -> None:
-        for r in self.reporters:
-            with contextlib.suppress(sqlite3.Error):
-                getattr(r, name)(*args)
 
-    def pair_started(self, job: str, target: str, pair: str) -> None:
-        self._each("pair_started", job, target, pair)
+def _fanout(targets: list[Callable[..., None]]) -> Callable[..., None]:
+    if not targets:
+        def nothing(*args: object) -> None:
+            return None
 
-    def scan_started(self, job: str, side: str, where: str) -> None:
-        self._each("scan_started", job, side, where)
+        return nothing
 
-    def scan_done(self, job: str, side: str, entries: int) -> None:
-        self._each("scan_done", job, side, entries)
+    def call(*args: object) -> None:
+        for hook in targets:
+            try:
+                hook(*args)
+            except sqlite3.Error:  # noqa: PERF203 - one reporter's failure must not stop the others
+                continue
 
-    def plan_ready(self, job: str, pair: str, plan: Plan, dry_run: bool) -> None:
-        self._each("plan_ready", job, pair, plan, dry_run)
-
-    def op_started(self, job: str, op: Operation) -> None:
-        self._each("op_started", job, op)
-
-    def bytes_transferred(self, job: str, n: int) -> None:
-        self._each("bytes_transferred", job, n)
-
-    def op_done(self, job: str, op: Operation) -> None:
-        self._each("op_done", job, op)
-
-    def problem(self, job: str, problem: Problem) -> None:
-        self._each("problem", job, problem)
-
-    def halted(self, job: str, reason: str) -> None:
-        self._each("halted", job, reason)
-
-    def pair_done(self, job: str, result: PairResult) -> None:
-        self._each("pair_done", job, result)
-
-    def message(self, job: str, text: str) -> None:
-        self._each("message", job, text)
+    return call
