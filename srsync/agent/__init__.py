@@ -34,6 +34,16 @@ if sys.version_info < (3, 10):
         kwargs.pop("slots", None)
         return _dataclass(*args, **kwargs)
     dataclasses.dataclass = _compat
+if sys.flags.no_site:
+    # started with -S (skips .pth processing, ~50 ms): the plain site-packages
+    # directories still count, for the optional xxhash
+    try:
+        import site
+        for _dir in site.getsitepackages() + [site.getusersitepackages()]:
+            if _dir not in sys.path:
+                sys.path.append(_dir)
+    except Exception:
+        pass
 for _name in ("srsync", "srsync.core", "srsync.agent"):
     _pkg = types.ModuleType(_name)
     _pkg.__path__ = []
@@ -67,4 +77,5 @@ def bootstrap_command(python: str = "python3") -> str:
     """
     size = len(payload())
     code = f"import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read({size})))"
-    return f'{shlex.quote(python)} -c "{code}"'
+    # -S: no site initialisation (.pth files); the loader adds site-packages itself
+    return f'{shlex.quote(python)} -S -c "{code}"'

@@ -46,6 +46,9 @@ SEND_BUFFER = 256 * 1024  # buffered outgoing bytes that trigger a send
 RECV_SIZE = 1024 * 1024
 GARBAGE_LIMIT = 64 * 1024  # shell start-up noise tolerated before the helper's magic
 NOT_FOUND = 127  # what POSIX shells exit with for an unknown command
+# One encoder for every frame (json.dumps with options builds a new one per
+# call); call arguments are plain trees of lists, never cyclic.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 class Channel(Protocol):
@@ -63,7 +66,16 @@ class Channel(Protocol):
 
 
 class HelperUnavailable(Exception):
-    """The helper could not be started (no python3, too old, refused): use plain SFTP instead."""
+    """The helper could not be started (no python3, too old, refused): use plain SFTP instead.
+
+    ``not_found``: the interpreter command itself does not exist there (exit 127),
+    so another interpreter may still work; anything else (a silent or broken
+    connection included) is not worth a second try.
+    """
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
 
 
 @dataclass(slots=True)
@@ -145,7 +157,8 @@ class AgentClient:
             except TimeoutError as exc:
                 raise HelperUnavailable("the remote helper did not start in time") from exc
             if not data:
-                raise HelperUnavailable(self._why_ended())
+                status = self._channel.exit_status(2.0)
+                raise HelperUnavailable(self._why_ended(status), not_found=status in (NOT_FOUND, 126))
             buf += data
             at = buf.find(MAGIC)
             if at >= 0:
@@ -153,8 +166,7 @@ class AgentClient:
             if len(buf) > GARBAGE_LIMIT:
                 raise HelperUnavailable("the remote command printed something else than the helper")
 
-    def _why_ended(self) -> str:
-        status = self._channel.exit_status(2.0)
+    def _why_ended(self, status: int | None) -> str:
         detail = self._channel.stderr_text().strip().splitlines()
         tail = f": {detail[-1]}" if detail else ""
         if status == NOT_FOUND:
@@ -170,19 +182,23 @@ class AgentClient:
         try:
             while True:
                 at = 0
-                while len(buf) - at >= HEADER.size:
-                    kind, rid, length = HEADER.unpack_from(buf, at)
-                    if length > MAX_FRAME or length < JSON_LEN.size:
-                        raise ConnectError(f"the remote helper on {self.label} sent a corrupt frame")
-                    end = at + HEADER.size + length
-                    if len(buf) < end:
-                        break
-                    (jlen,) = JSON_LEN.unpack_from(buf, at + HEADER.size)
-                    start = at + HEADER.size + JSON_LEN.size
-                    meta = json.loads(bytes(buf[start : start + jlen])) if jlen else None
-                    raw = bytes(buf[start + jlen : end])
-                    at = end
-                    self._deliver(kind, rid, meta, raw)
+                have = len(buf)
+                with memoryview(buf) as view:  # one copy per part of a frame, released before buf changes
+                    while have - at >= HEADER.size:
+                        kind, rid, length = HEADER.unpack_from(buf, at)
+                        if length > MAX_FRAME or length < JSON_LEN.size:
+                            raise ConnectError(f"the remote helper on {self.label} sent a corrupt frame")
+                        end = at + HEADER.size + length
+                        if have < end:
+                            break
+                        (jlen,) = JSON_LEN.unpack_from(buf, at + HEADER.size)
+                        start = at + HEADER.size + JSON_LEN.size
+                        if start + jlen > end:
+                            raise ConnectError(f"the remote helper on {self.label} sent a corrupt frame")
+                        meta = json.loads(bytes(view[start : start + jlen])) if jlen else None
+                        raw = bytes(view[start + jlen : end]) if end > start + jlen else b""
+                        at = end
+                        self._deliver(kind, rid, meta, raw)
                 if at:
                     del buf[:at]
                 try:
@@ -225,7 +241,7 @@ class AgentClient:
 
     # ---- sending ----------------------------------------------------------
     def _emit(self, kind: int, rid: int, meta: Any, raw: bytes | bytearray | memoryview) -> None:
-        js = b"" if meta is None else json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        js = b"" if meta is None else _encode(meta).encode("utf-8")
         head = HEADER.pack(kind, rid, JSON_LEN.size + len(js) + len(raw)) + JSON_LEN.pack(len(js)) + js
         with self._send_lock:
             if self._dead is not None:

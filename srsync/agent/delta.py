@@ -18,11 +18,20 @@ checksum would be far too slow):
 * The receiver rebuilds the file from its old copy plus literals into a
   temporary file and checks length and CRC-32 of the result against what the
   sender read, so a basis that changed meanwhile is never installed.
+
+The aligned ("guarded") variant, for edits in place: both sides sign their
+own copy at the same time, the blocks whose digests differ are the only ones
+read again and sent (each with the digest the source computed when it
+signed), and the rest is copied by the kernel (``copy_file_range``) from the
+old file, which is never read by Python.  See ``Guard`` for why that is as
+safe as the CRC it replaces.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -54,14 +63,24 @@ _HEADER = struct.Struct(">IQB")  # block size, file size, algorithm id
 _COPY = struct.Struct(">cQI")  # b"C", old offset, length
 _LIT = struct.Struct(">cI")  # b"L", length; then the bytes
 _END = struct.Struct(">cQI")  # b"E", new size, CRC-32 of the new content
+_GUARD = struct.Struct(">cQQQqq")  # b"G", basis dev, ino, size, mtime_ns, ctime_ns (first op only)
+_VLIT = struct.Struct(">cB16sI")  # b"V", digest algorithm id, digest, length; then the bytes
+_FINAL = struct.Struct(">cQ")  # b"F", new size: the end of a guarded delta (no CRC)
+COPY_PIECE = 64 * 1024 * 1024  # bytes per kernel copy call (the helper shows life in between)
+# At most this share of the blocks may differ for the aligned delta (else: match).
+ALIGNED_MAX_SHARE = 8  # 1/8
 
 
 class Check:
-    """The last delta op: size and CRC-32 of the complete new content."""
+    """The last delta op: size and CRC-32 of the complete new content.
+
+    ``crc`` is None only at the end of a guarded delta (one that began with
+    a ``Guard``): its content is then vouched for by the Guard instead.
+    """
 
     __slots__ = ("size", "crc")
 
-    def __init__(self, size: int, crc: int) -> None:
+    def __init__(self, size: int, crc: int | None) -> None:
         self.size = size
         self.crc = crc
 
@@ -69,15 +88,90 @@ class Check:
         return isinstance(other, Check) and (other.size, other.crc) == (self.size, self.crc)
 
     def __repr__(self) -> str:
-        return f"Check(size={self.size}, crc={self.crc:#010x})"
+        crc = "None" if self.crc is None else f"{self.crc:#010x}"
+        return f"Check(size={self.size}, crc={crc})"
+
+
+def basis_token(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What a Guard pins of a file: same device and inode, size, mtime and ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Guard:
+    """First op of a guarded delta: the old file must still be exactly what was signed.
+
+    Safety argument (why a guarded delta needs no CRC of the whole content):
+
+    * The destination signs its old file through one descriptor and takes
+      ``basis_token`` (device, inode, size, mtime, ctime) by fstat before and
+      after reading; if the two differ the signature carries no token and
+      no guarded delta can be built from it.  ctime cannot be set by any
+      user: every write, truncate, utime or chmod of the file moves it
+      (kernels >= 6.13 give it fine-grained resolution once it was read, so
+      even a change in the same clock tick shows), so an equal token means
+      the content is the one that was signed.
+    * The receiver compares the token with the fstat of the descriptor it
+      copies from *before the first copy* (this op) and again *after the
+      last one* (the final check, right before the rename, next to the
+      size/mtime guards that already exist): every byte copied was
+      therefore read while the file held the signed content.
+    * A copy is only emitted for a block whose digest in the source's view
+      equals the signed digest of the same old block (same length too), so
+      copied regions equal what the source held (up to a 128-bit digest
+      collision, the same assumption the matcher makes to emit a copy).
+    * Literal bytes re-read from the source after it was signed travel as
+      ``Verified`` ops: the receiver hashes them and refuses them unless the
+      digest is the one the source computed when it signed, so a source
+      changed between its signature and the re-read is never installed; a
+      source changed at any other time is caught, as before, by the
+      size/mtime stat taken after all reads (the final Check is withheld
+      until it passed: without it nothing is installed).
+
+    A plain ``Check`` with a CRC is refused in a guarded delta and a CRC-less
+    one outside it, so a stream can never skip both verifications.
+    """
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: tuple[int, ...]) -> None:
+        self.token = tuple(token)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Guard) and other.token == self.token
+
+    def __repr__(self) -> str:
+        return f"Guard{self.token!r}"
+
+
+class Verified:
+    """Literal new content with the block digest the source computed when it signed it."""
+
+    __slots__ = ("data", "algo", "digest")
+
+    def __init__(self, data: bytes, algo: str, digest: bytes) -> None:
+        self.data = data
+        self.algo = algo
+        self.digest = digest
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Verified) and (other.data, other.algo, other.digest) == (
+            self.data, self.algo, self.digest
+        )
+
+    def __repr__(self) -> str:
+        return f"Verified({len(self.data)} bytes, {self.algo})"
 
 
 # A delta is a sequence of: (old_offset, length) to copy from the old file,
 # bytes to insert as they are, and finally exactly one Check.
 # (Only for type checkers: the remote python may predate "X | Y" at runtime,
 # and annotations are never evaluated there.)
+# A guarded delta starts with one Guard and may carry Verified literals.
 if TYPE_CHECKING:
-    DeltaOp = tuple[int, int] | bytes | Check
+    DeltaOp = tuple[int, int] | bytes | Check | Guard | Verified
 else:
     DeltaOp = object
 
@@ -85,7 +179,7 @@ else:
 class Signature:
     """Block digests and anchors of an old file."""
 
-    __slots__ = ("block", "size", "digests", "anchors", "algo")
+    __slots__ = ("block", "size", "digests", "anchors", "algo", "basis")
 
     def __init__(self, block: int, size: int, digests: bytes, anchors: bytes, algo: str = SHA1) -> None:
         self.block = block
@@ -93,6 +187,9 @@ class Signature:
         self.digests = digests
         self.anchors = anchors
         self.algo = algo
+        # basis_token of the file signed, when it held still while it was read (not encoded:
+        # it travels separately, to whoever builds a guarded delta for that file's owner)
+        self.basis: tuple[int, ...] | None = None
 
     @property
     def count(self) -> int:
@@ -175,6 +272,111 @@ def signature(chunks: Iterable[bytes], block: int, algo: str = SHA1) -> Signatur
     return Signature(block, size, b"".join(digests), b"".join(anchors), algo)
 
 
+def signature_fd(fd: int, block: int, algo: str = SHA1, limit: int = 1 << 62, beat: Callable[[], None] | None = None) -> Signature:
+    """The Signature of at most ``limit`` bytes read from ``fd`` (from its position), with its basis token.
+
+    Reads into one reused buffer (no per-chunk allocation).  ``basis`` is
+    set when fstat before and after reading agree (the file held still).
+    """
+    digest = digest_function(algo)
+    before = basis_token(os.fstat(fd))
+    step = max(1, (READ_AHEAD // 2) // block) * block
+    buf = bytearray(step)
+    view = memoryview(buf)
+    digests: list[bytes] = []
+    anchors: list[bytes] = []
+    size = 0
+    have = 0  # bytes of a partly filled buffer (a short read: the file's end, or a pipe)
+    try:
+        while size + have < limit:
+            want = min(step - have, limit - size - have)
+            got = os.readv(fd, [view[have : have + want]])
+            if got <= 0:
+                break
+            have += got
+            if have < step:
+                continue
+            for start in range(0, step, block):
+                digests.append(digest(view[start : start + block]))
+                anchors.append(bytes(view[start : start + ANCHOR]))
+            size += step
+            have = 0
+            if beat is not None:
+                beat()
+        for start in range(0, have, block):
+            end = min(have, start + block)
+            digests.append(digest(view[start:end]))
+            anchors.append(bytes(view[start : min(end, start + ANCHOR)]).ljust(ANCHOR, b"\0"))
+        size += have
+    finally:
+        view.release()
+    sig = Signature(block, size, b"".join(digests), b"".join(anchors), algo)
+    if basis_token(os.fstat(fd)) == before and before[2] == size:
+        sig.basis = before
+    return sig
+
+
+def aligned_blocks(old: Signature, new: Signature) -> list[int] | None:
+    """Blocks of the new file that differ from the old one at the same offset, or None.
+
+    None when the two cannot be compared block by block (other block size or
+    digest) or when more than 1/ALIGNED_MAX_SHARE of the new blocks differ:
+    then data probably moved and ``match`` finds it.
+    """
+    if old.block != new.block or old.algo != new.algo:
+        return None
+    count, common = new.count, min(old.count, new.count)
+    limit = count // ALIGNED_MAX_SHARE
+    differ: list[int] = []
+    if old.digests[: common * DIGEST] == new.digests[: common * DIGEST] and (
+        common == 0 or old.length(common - 1) == new.length(common - 1)
+    ):
+        differ = []
+    else:
+        a, b = old.digests, new.digests
+        for i in range(common):
+            at = i * DIGEST
+            if a[at : at + DIGEST] != b[at : at + DIGEST] or old.length(i) != new.length(i):
+                differ.append(i)
+                if len(differ) > limit:
+                    return None
+    differ.extend(range(common, count))  # new blocks beyond the old end
+    if len(differ) > limit:
+        return None
+    return differ
+
+
+def aligned_ranges(new: Signature, differ: list[int]) -> list[tuple[int, int]]:
+    """(offset, length) in the new file of each block in ``differ``."""
+    return [(i * new.block, new.length(i)) for i in differ]
+
+
+def aligned_ops(old: Signature, new: Signature, differ: list[int], pieces: Iterable[bytes]) -> Iterator[DeltaOp]:
+    """The guarded delta turning the old file into the new one when only blocks ``differ``.
+
+    ``pieces`` holds the new file's bytes at each of ``aligned_ranges(new,
+    differ)``, in order.  Starts with the Guard of ``old.basis``; ends with
+    a CRC-less Check.  Literals are Verified against the new signature.
+    """
+    if old.basis is None:
+        raise ValueError("the old file's signature has no basis token")
+    yield Guard(old.basis)
+    pieces = iter(pieces)
+    pos = 0  # next new offset to produce
+    for i in differ:
+        off, length = i * new.block, new.length(i)
+        if off > pos:
+            yield (pos, off - pos)  # copy from the same offset of the old file
+        data = next(pieces, None)
+        if data is None or len(data) != length:
+            raise ValueError("the new file shrank while it was read")
+        yield Verified(data, new.algo, new.digest(i))
+        pos = off + length
+    if new.size > pos:
+        yield (pos, new.size - pos)
+    yield Check(new.size, None)
+
+
 def _candidates(expect: int, count: int) -> list[int]:
     """Old blocks to look for after a mismatch: the next few, then further ahead."""
     out = [j for j in range(expect, min(expect + NEAR, count))]
@@ -185,10 +387,11 @@ def _candidates(expect: int, count: int) -> list[int]:
     return out
 
 
-def match(chunks: Iterable[bytes], sig: Signature) -> Iterator[DeltaOp]:
+def match(chunks: Iterable[bytes], sig: Signature, crc32: bool = True) -> Iterator[DeltaOp]:
     """Delta ops that turn the old file described by ``sig`` into the content of ``chunks``.
 
-    Consecutive copies are merged.  The last op is the Check of the new content.
+    Consecutive copies are merged.  The last op is the Check of the new
+    content (its CRC is None without ``crc32``: for a guarded delta).
     """
     block = sig.block
     count = sig.count
@@ -219,7 +422,8 @@ def match(chunks: Iterable[bytes], sig: Signature) -> Iterator[DeltaOp]:
                 eof = True
                 break
             if chunk:
-                crc = zlib.crc32(chunk, crc)
+                if crc32:
+                    crc = zlib.crc32(chunk, crc)
                 size += len(chunk)
                 parts.append(chunk)
                 have += len(chunk)
@@ -313,19 +517,30 @@ def match(chunks: Iterable[bytes], sig: Signature) -> Iterator[DeltaOp]:
         yield literal(end)
     if copy_len:
         yield (copy_off, copy_len)
-    yield Check(size, crc)
+    yield Check(size, crc if crc32 else None)
 
 
 def encode_ops(ops: Iterable[DeltaOp]) -> Iterator[bytes]:
     """The wire form of delta ops, as a stream of byte strings."""
     for op in ops:
-        if isinstance(op, Check):
-            yield _END.pack(b"E", op.size, op.crc)
-        elif isinstance(op, tuple):
+        if isinstance(op, tuple):
             yield _COPY.pack(b"C", op[0], op[1])
+        elif isinstance(op, Verified):
+            yield _VLIT.pack(b"V", _ALGO_IDS[op.algo], op.digest, len(op.data))
+            yield op.data
+        elif isinstance(op, Check):
+            if op.crc is None:
+                yield _FINAL.pack(b"F", op.size)
+            else:
+                yield _END.pack(b"E", op.size, op.crc)
+        elif isinstance(op, Guard):
+            yield _GUARD.pack(b"G", *op.token)
         else:
             yield _LIT.pack(b"L", len(op))
             yield op
+
+
+_ALGO_NAMES = {v: k for k, v in _ALGO_IDS.items()}
 
 
 class OpDecoder:
@@ -350,14 +565,23 @@ class OpDecoder:
                 _, off, length = _COPY.unpack_from(buf, at)
                 out.append((off, length))
                 at += _COPY.size
-            elif tag == b"L":
-                if len(buf) - at < _LIT.size:
+            elif tag == b"L" or tag == b"V":
+                head = _LIT if tag == b"L" else _VLIT
+                if len(buf) - at < head.size:
                     break
-                (_, length) = _LIT.unpack_from(buf, at)
-                if len(buf) - at - _LIT.size < length:
+                fields = head.unpack_from(buf, at)
+                length = fields[-1]
+                if len(buf) - at - head.size < length:
                     break
-                start = at + _LIT.size
-                out.append(bytes(buf[start : start + length]))
+                start = at + head.size
+                data = bytes(buf[start : start + length])
+                if tag == b"L":
+                    out.append(data)
+                else:
+                    algo = _ALGO_NAMES.get(fields[1])
+                    if algo is None:
+                        raise ValueError("corrupt delta stream (unknown digest)")
+                    out.append(Verified(data, algo, fields[2]))
                 at = start + length
             elif tag == b"E":
                 if len(buf) - at < _END.size:
@@ -366,12 +590,58 @@ class OpDecoder:
                 out.append(Check(size, crc))
                 at += _END.size
                 self.done = True
+            elif tag == b"F":
+                if len(buf) - at < _FINAL.size:
+                    break
+                _, size = _FINAL.unpack_from(buf, at)
+                out.append(Check(size, None))
+                at += _FINAL.size
+                self.done = True
+            elif tag == b"G":
+                if len(buf) - at < _GUARD.size:
+                    break
+                out.append(Guard(_GUARD.unpack_from(buf, at)[1:]))
+                at += _GUARD.size
             else:
                 raise ValueError("corrupt delta stream")
         del buf[:at]
         if self.done and buf:
             raise ValueError("data after the end of a delta")
         return out
+
+
+def copy_range(
+    src_fd: int, dst_fd: int, offset: int, length: int, beat: Callable[[], None] | None = None
+) -> None:
+    """Append ``length`` bytes of ``src_fd`` from ``offset`` at ``dst_fd``'s position, in the kernel.
+
+    ``copy_file_range`` where it works (no Python buffers; reflinks on file
+    systems that share extents), ``pread``/``write`` where it does not.
+    ValueError when the source ends early (it shrank).
+    """
+    kernel = getattr(os, "copy_file_range", None)
+    while length > 0:
+        if kernel is not None:
+            try:
+                done = kernel(src_fd, dst_fd, min(length, COPY_PIECE), offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
+                                     errno.EBADF, errno.EPERM, errno.ETXTBSY):
+                    raise
+                kernel = None  # unsupported here: plain reads and writes
+                continue
+        else:
+            data = os.pread(src_fd, min(length, MAX_BLOCK * 4), offset)
+            done = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst_fd, view) :]
+        if done <= 0:
+            raise ValueError("old file shrank while it was being used")
+        offset += done
+        length -= done
+        if beat is not None:
+            beat()
 
 
 class Rebuilder:
@@ -381,20 +651,57 @@ class Rebuilder:
     ValueError means the ops are corrupt, point outside the old file, or the
     result differs in size or CRC-32 from the final Check: nothing built
     from them may be installed.
+
+    A guarded delta (first op a Guard, see there) needs ``token()``, the
+    basis_token of the descriptor the old file is read through, and is
+    refused without it; there ``copy(offset, length)``, when given, writes a
+    copy run to the output itself (the kernel copies, nothing is yielded
+    for it), and nothing is checksummed: the Guard is compared with
+    ``token()`` before the first copy and at the final Check, and every
+    Verified literal with its digest.
     """
 
-    def __init__(self, pread: Callable[[int, int], bytes], basis_size: int) -> None:
+    def __init__(
+        self,
+        pread: Callable[[int, int], bytes],
+        basis_size: int,
+        copy: Callable[[int, int], None] | None = None,
+        token: Callable[[], tuple[int, ...]] | None = None,
+    ) -> None:
         self._pread = pread
         self._basis_size = basis_size
+        self._copy = copy
+        self._token = token
         self._crc = 0
         self.size = 0
         self.checked = False
+        self.guard: Guard | None = None
+        self._started = False
+
+    def _check_guard(self) -> None:
+        assert self.guard is not None
+        if self._token is None or tuple(self._token()) != self.guard.token:
+            raise ValueError("the old file changed since it was signed")
 
     def add(self, op: DeltaOp) -> Iterator[bytes]:
         if self.checked:
             raise ValueError("delta ops after the final check")
+        first, self._started = not self._started, True
+        if isinstance(op, Guard):
+            if not first:
+                raise ValueError("a delta guard after its first op")
+            self.guard = op
+            self._check_guard()
+            return
+        guarded = self.guard is not None
         if isinstance(op, Check):
-            if op.size != self.size or op.crc != self._crc:
+            if op.size != self.size:
+                raise ValueError("rebuilt content does not match the source (changed meanwhile?)")
+            if guarded:
+                if op.crc is not None:
+                    raise ValueError("a CRC check in a guarded delta")
+                self._check_guard()  # after the last copy: every copied byte was the signed content
+            elif op.crc is None or op.crc != self._crc:
                 raise ValueError("rebuilt content does not match the source (changed meanwhile?)")
             self.checked = True
             return
@@ -402,31 +709,72 @@ class Rebuilder:
             off, length = op
             if off < 0 or length < 0 or off + length > self._basis_size:
                 raise ValueError("delta copies beyond the end of the old file")
+            if guarded and self._copy is not None:
+                self._copy(off, length)
+                self.size += length
+                return
             while length:
                 piece = min(length, MAX_BLOCK * 4)
                 data = self._pread(off, piece)
                 if len(data) != piece:
                     raise ValueError("old file shrank while it was being used")
-                self._crc = zlib.crc32(data, self._crc)
+                if not guarded:
+                    self._crc = zlib.crc32(data, self._crc)
                 self.size += piece
                 yield data
                 off += piece
                 length -= piece
-        else:
+            return
+        if isinstance(op, Verified):
+            if not guarded:
+                raise ValueError("a verified literal outside a guarded delta")
+            if digest_function(op.algo)(op.data) != op.digest:
+                raise ValueError("literal differs from the source's signature (source changed meanwhile?)")
+            op = op.data
+        if not guarded:
             self._crc = zlib.crc32(op, self._crc)
-            self.size += len(op)
-            yield op
+        self.size += len(op)
+        yield op
 
     def finish(self) -> None:
         if not self.checked:
             raise ValueError("delta ended without its check")
 
 
+def rebuild_into(ops: Iterable[DeltaOp], basis_fd: int, out_fd: int, basis_size: int) -> int:
+    """Rebuild from ``ops`` and the old file open as ``basis_fd`` into ``out_fd`` (at its position).
+
+    Guarded deltas copy in the kernel (``copy_range``) and pin the old file
+    by the fstat of ``basis_fd``; others go through ``pread`` and the CRC.
+    Returns the size written; ValueError as for Rebuilder (install nothing).
+    """
+
+    def pread(offset: int, length: int) -> bytes:
+        return os.pread(basis_fd, length, offset)
+
+    rebuilder = Rebuilder(
+        pread,
+        basis_size,
+        copy=lambda offset, length: copy_range(basis_fd, out_fd, offset, length),
+        token=lambda: basis_token(os.fstat(basis_fd)),
+    )
+    for op in ops:
+        for piece in rebuilder.add(op):
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(out_fd, view) :]
+    rebuilder.finish()
+    return rebuilder.size
+
+
 def apply_ops(
-    ops: Iterable[DeltaOp], pread: Callable[[int, int], bytes], basis_size: int
+    ops: Iterable[DeltaOp],
+    pread: Callable[[int, int], bytes],
+    basis_size: int,
+    token: Callable[[], tuple[int, ...]] | None = None,
 ) -> Iterator[bytes]:
     """The new content rebuilt from a whole sequence of ops (see Rebuilder)."""
-    rebuilder = Rebuilder(pread, basis_size)
+    rebuilder = Rebuilder(pread, basis_size, token=token)
     for op in ops:
         yield from rebuilder.add(op)
     rebuilder.finish()

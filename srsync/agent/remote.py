@@ -16,16 +16,34 @@ made.  Data frames for an id the helper does not know (a failed upload) are
 dropped.  Invariants the helper keeps:
 
 * every path is the root joined with a relative path whose components are
-  checked (no "", ".", "..", NUL); symlinks are never followed below the root;
-* files are written to a temporary sibling (O_EXCL|O_NOFOLLOW, mode 0600),
-  given mode and mtime, checked against the expected state of the final name
-  and renamed over it; a failed or aborted write removes its temporary file;
-* whatever the helper cannot do becomes a FAIL with an errno; only a broken
-  stream ends it.
+  checked (no "", ".", "..", NUL); symlinks are never followed below the root:
+  scans and the small-file operations (put, symlink, mkdir, remove, set_meta,
+  stat, read_files) reach a name through directory descriptors opened
+  component by component with O_NOFOLLOW|O_DIRECTORY (kept for the rest of
+  one call, a batch for instance, and dropped when that call removes a
+  directory or changes a directory's mode); the others (streamed and delta
+  writes of big files, hard links, renames, hashes) still go by path: they
+  open the last component with O_NOFOLLOW or act on a link itself, and take
+  the parent directories as the kernel resolves them;
+* files are written to a temporary sibling (O_EXCL|O_NOFOLLOW), created with
+  mode 0600, or directly with the final permission bits when those have no
+  special bits, include owner write and were checked (fstat of the first such
+  file per directory and mode within a call) to come out exactly, whatever
+  umask or default ACL applies; then given mode and mtime, checked against
+  the expected state of the final name and renamed over it; a failed or
+  aborted write removes its temporary file;
+* whatever the helper cannot do becomes a FAIL with an errno (per item in
+  batches, read_files and scans); only a broken stream ends it.
+
+Bulk answers are compact: a scan sends, per directory, its relative path once
+and then its entries as binary columns (see scan_columns); ``read_files``
+packs many files into one ITEM: a JSON list of ``[length, lstat]`` (or
+``[None, error]``) and the contents back to back in the raw part.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import json
@@ -35,19 +53,32 @@ import stat as statmod
 import struct
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from srsync.agent.delta import OpDecoder, Rebuilder, Signature, encode_ops, match, signature
+from srsync.agent.delta import (
+    OpDecoder,
+    Rebuilder,
+    Signature,
+    basis_token,
+    copy_range,
+    encode_ops,
+    match,
+    signature_fd,
+)
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
-from srsync.core.paths import BadName, check_name, is_temp_name, join, nfc
+from srsync.core.paths import check_name, is_temp_name, nfc
 
-PROTOCOL = 1
+PROTOCOL = 3  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F)
 MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
 
 HEADER = struct.Struct(">BII")
 JSON_LEN = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # refuse absurd lengths from a corrupt stream
+# One encoder for every frame (json.dumps with options builds a new one per
+# call); frames are trees of lists and dicts built here, never cyclic.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 # client -> helper
 CALL, DATA, END, ABORT = 1, 2, 3, 4
@@ -56,13 +87,46 @@ ITEM, DONE, FAIL, BEAT = 10, 11, 12, 13
 
 TEMP_PREFIX = ".srsync-tmp-"
 NAME_MAX = 255
-SCAN_BATCH = 2000  # entries per ITEM frame while scanning
+SCAN_BATCH = 4000  # entries per ITEM frame while scanning
 READ_CHUNK = 1024 * 1024
+READ_ITEM_FILES = 512  # files per ITEM frame of read_files (also cut at READ_CHUNK bytes)
+# Directory descriptors one call may hold before the cache starts over, and
+# the most one path may take (deeper: by checked name): well below the 256
+# open files some systems allow by default.
+DIR_CACHE = 64
+DIR_LIMIT = 2 * DIR_CACHE
+FLUSH_AFTER = 64 * 1024  # a finished call with this much output waiting goes out at once
+FLUSH_DELAY = 0.002  # ... and so does any output older than this (seconds)
+SEND_FLUSH = 256 * 1024  # output waiting during a call goes out at this size (the client decodes meanwhile)
 SUB_CALL = 0xFFFFFFFF  # request id of the calls inside a batch: their answers are collected
 BATCH_OPS = ("put", "mkdir", "symlink", "remove", "set_meta", "stat")
 BEAT_SECONDS = 5.0  # long operations show life this often, so the client can tell slow from stalled
 
 # Entries travel as [kind, size, mtime_ns, mode, ino, target], kind "f", "d" or "l".
+
+_O_PATH = getattr(os, "O_PATH", 0)  # Linux: directory handles that need no read permission
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC | _O_PATH
+ROOT_OPEN = os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC | _O_PATH  # the root itself is resolved already
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+READ_OPEN = os.O_RDONLY | os.O_NOFOLLOW
+SCAN_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC  # a directory to list
+HAVE_DIR_FD = all(
+    f in os.supports_dir_fd
+    for f in (
+        os.open, os.stat, os.rename, os.mkdir, os.unlink, os.rmdir, os.symlink, os.readlink, os.chmod, os.utime
+    )
+)
+SCAN_FD = os.scandir in os.supports_fd and HAVE_DIR_FD
+QUICK_ABSENT = HAVE_DIR_FD and os.access in os.supports_dir_fd and os.access in os.supports_follow_symlinks
+FS_UTF8 = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
+S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = 0o170000, statmod.S_IFREG, statmod.S_IFDIR, statmod.S_IFLNK
+BAD_NAMES = frozenset(("", ".", ".."))
+
+if TYPE_CHECKING:  # the helper runs on python 3.8: no subscripted builtins at run time
+    # One directory resolved during a call: (descriptor or None, prefix of the
+    # names below it, create modes checked there: mode -> O_CREAT gives exactly it).
+    DirSlot = tuple[int | None, bytes, dict[int, bool]]
 
 
 class CallFailed(Exception):
@@ -120,6 +184,47 @@ def error_meta(exc: BaseException) -> list[Any]:
     return [None, f"helper error: {type(exc).__name__}: {exc}", ""]
 
 
+# Scan columns: per directory, in the raw part of the ITEM, back to back: the
+# names joined by NUL (UTF-8), one kind byte each ("f", "d", "l"), then
+# little-endian arrays of sizes (u64), mtime_ns (i64), modes (u16) and inodes
+# (u64).  The JSON record is [dir, count, bytes of the names, link targets in
+# order].  A directory whose numbers do not fit (an mtime past 2262) goes as
+# [dir, [name, kind, size, mtime_ns, mode, ino or link target, ...]] instead.
+COLUMNS = (("Q", 8), ("q", 8), ("H", 2), ("Q", 8))
+SWAP = sys.byteorder != "little"
+
+
+def scan_columns(
+    rel_dir: str,
+    names: Sequence[str],
+    kinds: Sequence[str],
+    sizes: Sequence[int],
+    mtimes: Sequence[int],
+    modes: Sequence[int],
+    inos: Sequence[int],
+    targets: list[str],
+) -> tuple[list[Any], bytes]:
+    """The wire record and raw columns of one listed directory."""
+    try:
+        parts = []
+        for index, values in enumerate((sizes, mtimes, modes, inos)):
+            column = array.array(COLUMNS[index][0], values)
+            if SWAP:
+                column.byteswap()
+            parts.append(column.tobytes())
+    except OverflowError:
+        flat: list[Any] = []
+        links = iter(targets)
+        for index, name in enumerate(names):
+            kind = kinds[index]
+            flat += (name, kind, sizes[index], mtimes[index], modes[index], next(links) if kind == "l" else inos[index])
+        return [rel_dir, flat], b""
+    joined = "\x00".join(names).encode("utf-8")
+    return [rel_dir, len(names), len(joined), targets], b"".join(
+        [joined, "".join(kinds).encode("ascii"), *parts]
+    )
+
+
 class Upload:
     """A file being written to a temporary name."""
 
@@ -148,7 +253,11 @@ class Agent:
         self.uploads: dict[int, Upload] = {}
         self.handles: dict[int, int] = {}
         self.temp_tag = os.urandom(6).hex().encode("ascii")
+        self.temp_stem = TEMP_PREFIX.encode("ascii") + self.temp_tag
         self.temp_count = 0
+        # directories resolved during the current call (None: no call holds any)
+        self.dirs: dict[str, DirSlot] | None = None
+        self.dir_fds: list[int] = []
         self.last_out = time.monotonic()
         try:
             import xxhash  # noqa: F401  (optional: hashes match the client's only with it)
@@ -192,7 +301,7 @@ class Agent:
         if rid == SUB_CALL:
             self.sub_result = meta  # the answer of one call inside a batch
             return
-        js = b"" if meta is None else json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        js = b"" if meta is None else _encode(meta).encode("utf-8")
         if not js and not raw:
             self.pending.append(HEADER.pack(kind, rid, JSON_LEN.size) + b"\0\0\0\0")
             self.pending_size += HEADER.size + JSON_LEN.size
@@ -202,7 +311,7 @@ class Agent:
         if raw:
             self.pending.append(raw)
         self.pending_size += len(head) + len(raw)
-        if self.pending_size >= READ_CHUNK:
+        if self.pending_size >= SEND_FLUSH:
             self.flush()
 
     def flush(self) -> None:
@@ -243,12 +352,22 @@ class Agent:
                     raise SystemExit("srsync agent: corrupt frame")
                 if not self._fill(HEADER.size + length):
                     break
-                body = bytes(self.inbuf[HEADER.size : HEADER.size + length])
-                del self.inbuf[: HEADER.size + length]
-                (jlen,) = JSON_LEN.unpack_from(body)
-                meta = json.loads(body[4 : 4 + jlen]) if jlen else None
-                raw = body[4 + jlen :]
+                end = HEADER.size + length
+                (jlen,) = JSON_LEN.unpack_from(self.inbuf, HEADER.size)
+                start = HEADER.size + JSON_LEN.size
+                if start + jlen > end:
+                    raise SystemExit("srsync agent: corrupt frame")
+                meta = json.loads(self.inbuf[start : start + jlen]) if jlen else None
+                with memoryview(self.inbuf) as view:
+                    raw = bytes(view[start + jlen : end])  # one copy, not two
+                del self.inbuf[:end]
                 self.dispatch(kind, rid, meta, raw)
+                if self.pending and (
+                    self.pending_size >= FLUSH_AFTER or time.monotonic() - self.last_out >= FLUSH_DELAY
+                ):
+                    # a big answer, or one that took a while (a batch), goes out now, not after
+                    # the calls queued behind it: the client may be waiting for it
+                    self.flush()
         finally:
             for up in list(self.uploads.values()):
                 self._discard(up)
@@ -264,7 +383,7 @@ class Agent:
                     raise CallFailed(errno.ENOSYS, f"unknown operation {op!r}")
                 handler(rid, args, raw)
             except Exception as exc:  # per-call trouble is an answer, not the end
-                self.fail(rid, exc)
+                self.send(FAIL, rid, self.error_at(exc, args) if op in BATCH_OPS else error_meta(exc))
             return
         up = self.uploads.get(rid)
         if up is None:
@@ -333,6 +452,178 @@ class Agent:
         name = name.decode("utf-8", "ignore").encode("utf-8")
         return directory + b"/" + stem + name
 
+    def _shown(self, rel: str) -> str:
+        """The full path of ``rel`` for messages."""
+        return _text(self.root) + ("/" + rel if rel else "")
+
+    def error_at(self, exc: BaseException, args: Any) -> list[Any]:
+        """error_meta for a call on the path args[0] (the BATCH_OPS), with a name relative
+        to a directory descriptor (or none) replaced by that full path."""
+        meta = error_meta(exc)
+        if (
+            isinstance(exc, OSError)
+            and not meta[2].startswith("/")
+            and isinstance(args, list)
+            and args
+            and isinstance(args[0], str)
+        ):
+            meta[2] = self._shown(args[0])
+        return meta
+
+    # ---- directories by descriptor ------------------------------------------
+    def _scope(self) -> bool:
+        """Start caching directories for this call; False when an enclosing call (a batch) already does."""
+        if self.dirs is not None:
+            return False
+        self.dirs = {}
+        return True
+
+    def _end_scope(self) -> None:
+        self._drop_dirs()
+        self.dirs = None
+
+    def _drop_dirs(self) -> None:
+        for fd in self.dir_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.dir_fds = []
+        if self.dirs is not None:
+            self.dirs = {}
+
+    def _dir(self, rel_dir: str) -> DirSlot:
+        """The directory ``rel_dir`` (checked, "" is the root), resolved without following symlinks."""
+        dirs = self.dirs
+        assert dirs is not None
+        slot = dirs.get(rel_dir)
+        if slot is None:
+            if len(self.dir_fds) >= DIR_CACHE:
+                self._drop_dirs()  # bounded: a batch touching very many directories starts over
+            slot = self._resolve(rel_dir)
+        return slot
+
+    def _resolve(self, rel_dir: str) -> DirSlot:
+        dirs = self.dirs
+        assert dirs is not None
+        slot = dirs.get(rel_dir)
+        if slot is not None:
+            return slot
+        # up to the nearest directory already resolved (or the root), then down one by one
+        names: list[str] = []
+        base = rel_dir
+        while base:
+            at = base.rfind("/")
+            if at == 0:
+                raise CallFailed(errno.EINVAL, f"absolute path {rel_dir!r}")
+            names.append(base[at + 1 :])
+            base = base[:at] if at > 0 else ""
+            if base in dirs:
+                break
+        slot = dirs.get(base)
+        if slot is None:  # base is the root
+            if not self.root:
+                raise CallFailed(errno.EINVAL, "no root selected")
+            if HAVE_DIR_FD:
+                fd = os.open(self.root, ROOT_OPEN)
+                self.dir_fds.append(fd)
+                slot = (fd, b"", {})
+            else:
+                slot = (None, self.root + b"/", {})
+            dirs[""] = slot
+        current = base
+        for name in reversed(names):
+            check_name(name)
+            current = current + "/" + name if current else name
+            slot = self._child(slot, name, current)
+            dirs[current] = slot
+        return slot
+
+    def _child(self, parent: DirSlot, name: str, rel_dir: str) -> DirSlot:
+        """The subdirectory ``name`` of ``parent``, never through a symlink."""
+        parent_fd, prefix, _ = parent
+        path = prefix + name.encode("utf-8", "surrogateescape")
+        try:
+            fd = -1
+            # (very deep paths past DIR_LIMIT descriptors go on by name, checked as below)
+            if parent_fd is not None and len(self.dir_fds) < DIR_LIMIT:
+                try:
+                    fd = os.open(path, DIR_OPEN, dir_fd=parent_fd)
+                except PermissionError:
+                    if _O_PATH:
+                        raise
+                    # no O_PATH and no read permission: reach it by name below
+            if fd >= 0:
+                self.dir_fds.append(fd)
+                return (fd, b"", {})
+            # by name from the last descriptor: the component is checked, not followed
+            if not statmod.S_ISDIR(os.lstat(path, dir_fd=parent_fd).st_mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return (parent_fd, path + b"/", {})
+        except OSError as exc:
+            # a symlink (ENOTDIR under O_NOFOLLOW|O_DIRECTORY), a file, or nothing: never followed
+            raise OSError(exc.errno, exc.strerror, self._shown(rel_dir)) from None
+
+    def _at(self, rel: str) -> tuple[int | None, bytes, bytes, dict[int, bool]]:
+        """(directory descriptor, prefix, name) for a non-root ``rel``, and the directory's mode checks."""
+        if rel.startswith("/"):
+            raise CallFailed(errno.EINVAL, f"absolute path {rel!r}")
+        at = rel.rfind("/")
+        name = rel[at + 1 :]
+        if name in BAD_NAMES or "\x00" in name:
+            check_name(name)  # raises
+        fd, prefix, modes = self._dir(rel[:at] if at > 0 else "")
+        return fd, prefix, name.encode("utf-8", "surrogateescape"), modes
+
+    def _entry_at(self, st: os.stat_result, fd: int | None, name: bytes, rel: str) -> list[Any]:
+        """Like lstat_entry, for an lstat already taken of ``name`` in directory ``fd``."""
+        target = None
+        if statmod.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(name, dir_fd=fd).decode("utf-8")
+            except UnicodeDecodeError:
+                raise CallFailed(errno.EILSEQ, "symlink target is not valid UTF-8", self._shown(rel)) from None
+        entry = entry_json(st, target)
+        if entry is None:
+            raise CallFailed(errno.EINVAL, "special file (device, fifo or socket)", self._shown(rel))
+        return entry
+
+    @staticmethod
+    def _lstat_or_none(fd: int | None, name: bytes) -> os.stat_result | None:
+        try:
+            return os.lstat(name, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _lstat_at(self, fd: int | None, name: bytes, rel: str) -> list[Any] | None:
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return self._entry_at(st, fd, name, rel)
+
+    def _guard_at(self, fd: int | None, name: bytes, expected: list[Any] | None, rel: str) -> None:
+        """check_guard for ``name`` in directory ``fd``: EAGAIN unless it is as the scan saw it."""
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            if expected is None:
+                return
+            raise CallFailed(errno.EAGAIN, CHANGED, self._shown(rel)) from None
+        if expected is not None and expected[0] == "f" and statmod.S_ISREG(st.st_mode):
+            if st.st_size == expected[1] and st.st_mtime_ns == expected[2]:
+                return
+        elif matches(self._entry_at(st, fd, name, rel), expected):
+            return
+        raise CallFailed(errno.EAGAIN, CHANGED, self._shown(rel))
+
+    def _temp_name(self, name: bytes) -> bytes:
+        """temp_for, for a bare name."""
+        self.temp_count += 1
+        stem = self.temp_stem + b"%x-" % self.temp_count
+        if len(stem) + len(name) > NAME_MAX or not name.isascii():
+            # cutting bytes may split a UTF-8 sequence: drop the partial tail (and any invalid byte)
+            name = name[: NAME_MAX - len(stem)].decode("utf-8", "ignore").encode("utf-8")
+        return stem + name
+
     # ---- session ------------------------------------------------------
     def op_hello(self, rid: int, args: list[Any], raw: bytes) -> None:
         version = args[0]
@@ -341,6 +632,9 @@ class Agent:
             "python": list(sys.version_info[:3]),
             "xxhash": self.xxhash is not None,
             "pid": os.getpid(),
+            # the interpreter itself (not a wrapper such as a pyenv shim): the client may
+            # start it directly next time
+            "executable": sys.executable or "",
         }
         if version != PROTOCOL:
             self.send(FAIL, rid, [None, f"protocol {version!r} not supported (helper speaks {PROTOCOL})", ""])
@@ -380,109 +674,213 @@ class Agent:
         if not statmod.S_ISDIR(root_st.st_mode):
             self.send(DONE, rid, {"root_exists": False, "problem": f"{_text(self.root)} is not a directory"})
             return
-        batch: dict[str, Any] = {"e": [], "p": [], "t": [], "i": {}, "n": {}, "g": []}
+
+        def fresh() -> dict[str, Any]:
+            # d: one record per directory, its columns in the raw part (see scan_columns)
+            return {"d": [], "p": [], "t": [], "i": {}, "n": {}, "g": []}
+
+        batch = fresh()
+        blobs: list[bytes] = []
         count = 0
-        stack: list[tuple[str, bytes]] = [("", self.root)]
-        while stack:
-            rel_dir, full_dir = stack.pop()
-            count += self._scan_dir(rel_dir, full_dir, rules, batch, stack)
-            if count >= SCAN_BATCH:
-                self.send(ITEM, rid, batch)
-                batch = {"e": [], "p": [], "t": [], "i": {}, "n": {}, "g": []}
-                count = 0
-                self.beat()
-        self.send(ITEM, rid, batch)
+        stack: list[tuple[str, str]] = [("", "")]  # (directory, its on-disk spelling)
+        own = self._scope()
+        try:
+            while stack:
+                rel_dir, disk_dir = stack.pop()
+                count += self._scan_dir(rel_dir, disk_dir, rules, batch, blobs, stack)
+                if count >= SCAN_BATCH:
+                    self.send(ITEM, rid, batch, b"".join(blobs))
+                    batch = fresh()
+                    blobs = []
+                    count = 0
+                    self.beat()
+        finally:
+            if own:
+                self._end_scope()
+        self.send(ITEM, rid, batch, b"".join(blobs))
         self.send(DONE, rid, {"root_exists": True})
 
     def _scan_dir(
         self,
         rel_dir: str,
-        full_dir: bytes,
+        disk_dir: str,
         rules: IgnoreRules,
         batch: dict[str, Any],
-        stack: list[tuple[str, bytes]],
+        blobs: list[bytes],
+        stack: list[tuple[str, str]],
     ) -> int:
-        """List one directory into ``batch`` (same rules as the SFTP endpoint's scan)."""
+        """List one directory into ``batch`` (same rules as the SFTP endpoint's scan).
+
+        The directory is reached like the targets of writes: component by
+        component from the root without following a symlink (each was a
+        directory when listed, but may have been replaced since); its entries
+        are lstat-ed relative to it.
+        """
         problems = batch["p"]
+        dfd: int | None = None
         try:
-            with os.scandir(full_dir) as it:
-                items = list(it)
+            if SCAN_FD:
+                if disk_dir:
+                    at = disk_dir.rfind("/")
+                    parent_fd, prefix, _ = self._dir(disk_dir[:at] if at > 0 else "")
+                    name = prefix + disk_dir[at + 1 :].encode("utf-8", "surrogateescape")
+                    dfd = os.open(name, SCAN_OPEN, dir_fd=parent_fd)
+                else:
+                    dfd = os.open(self.root, ROOT_OPEN & ~_O_PATH)
+                with os.scandir(dfd) as it:
+                    items: list[Any] = list(it)
+            else:
+                full_dir = self.root + b"/" + disk_dir.encode("utf-8", "surrogateescape") if disk_dir else self.root
+                with os.scandir(full_dir) as it_bytes:
+                    items = list(it_bytes)
         except FileNotFoundError:
+            if dfd is not None:
+                os.close(dfd)
             if rel_dir:
                 batch["g"].append(rel_dir)  # removed since its parent was listed
             return 1
         except OSError as exc:
+            if dfd is not None:
+                os.close(dfd)
             problems.append([rel_dir, "cannot list directory: %s" % (exc.strerror or exc)])
             return 1
-        seen = set()
-        entries = batch["e"]
-        items.sort(key=lambda item: _text(item.name))
+        try:
+            self._list_dir(rel_dir, disk_dir, dfd, items, rules, batch, blobs, stack)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        return len(items) + 1
+
+    def _list_dir(
+        self,
+        rel_dir: str,
+        disk_dir: str,
+        dfd: int | None,
+        items: list[Any],
+        rules: IgnoreRules,
+        batch: dict[str, Any],
+        blobs: list[bytes],
+        stack: list[tuple[str, str]],
+    ) -> None:
+        problems = batch["p"]
+        prefix = rel_dir + "/" if rel_dir else ""
+        disk_prefix = disk_dir + "/" if disk_dir else ""
+        # (on-disk name as text, valid UTF-8, DirEntry), sorted by text
+        named: list[tuple[str, bool, Any]] = []
+        all_ascii = True  # then no two names can be one after NFC, and none changes
         for item in items:
-            raw_name = item.name
+            name = item.name
+            if isinstance(name, str) and FS_UTF8 and name.isascii():
+                named.append((name, True, item))
+                continue
+            all_ascii = False
+            raw_name = name if isinstance(name, bytes) else os.fsencode(name)
             try:
-                name = raw_name.decode("utf-8")
+                named.append((raw_name.decode("utf-8"), True, item))
             except UnicodeDecodeError:
-                problems.append([join(rel_dir, _text(raw_name)), "name is not valid UTF-8; skipped"])
+                named.append((_text(raw_name), False, item))
+        named.sort(key=itemgetter(0))
+        rows: list[tuple[str, str, int, int, int, int]] = []  # transposed into columns at the end
+        add = rows.append
+        targets: list[str] = []
+        seen: set[str] = set()
+        renamed = batch["n"]
+        has_rules = bool(rules.rules)
+        for name, valid, item in named:
+            if not valid:
+                problems.append([prefix + name, "name is not valid UTF-8; skipped"])
                 continue
-            try:
-                check_name(name)
-            except BadName:
-                problems.append([join(rel_dir, _text(raw_name)), "name is not allowed; skipped"])
+            if name in BAD_NAMES or "/" in name or "\x00" in name:
+                problems.append([prefix + name, "name is not allowed; skipped"])
                 continue
-            if is_temp_name(name):
-                batch["t"].append(join(rel_dir, name))
+            if name.startswith(TEMP_PREFIX):
+                batch["t"].append(prefix + name)
                 continue
-            norm = nfc(name)
-            rel = join(rel_dir, norm)
-            if rel in seen:
-                problems.append([rel, "two names differ only in Unicode normalisation; skipped one"])
-                continue
-            seen.add(rel)
-            if norm != name:
-                batch["n"][rel] = name
+            if all_ascii:
+                norm = name
+            else:
+                norm = name if name.isascii() else nfc(name)
+                if norm in seen:
+                    problems.append([prefix + norm, "two names differ only in Unicode normalisation; skipped one"])
+                    continue
+                seen.add(norm)
+                if norm != name:
+                    renamed[prefix + norm] = name
             try:
                 st = item.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                problems.append([rel, "cannot stat: %s" % (exc.strerror or exc)])
+                problems.append([prefix + norm, "cannot stat: %s" % (exc.strerror or exc)])
                 continue
-            is_dir = statmod.S_ISDIR(st.st_mode)
-            if rules.is_excluded(rel, is_dir):
+            mode = st.st_mode
+            fmt = mode & S_IFMT
+            if has_rules and rules.is_excluded(prefix + norm, fmt == S_IFDIR):
                 continue  # pruned: nothing below it is looked at
-            target = None
-            if statmod.S_ISLNK(st.st_mode):
+            if fmt == S_IFREG:
+                add((norm, "f", st.st_size, st.st_mtime_ns, mode & 0o7777, st.st_ino))
+                if norm == IGNORE_FILE:
+                    self._read_ignore_file(prefix + norm, rel_dir, dfd, item.path, batch)
+            elif fmt == S_IFDIR:
+                add((norm, "d", 0, st.st_mtime_ns, mode & 0o7777, st.st_ino))
+                stack.append((prefix + norm, disk_prefix + name))
+            elif fmt == S_IFLNK:
                 try:
-                    raw_target = os.readlink(item.path)
+                    raw_target = os.readlink(item.path, dir_fd=dfd)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
-                    problems.append([rel, "cannot read symlink: %s" % (exc.strerror or exc)])
+                    problems.append([prefix + norm, "cannot read symlink: %s" % (exc.strerror or exc)])
                     continue
                 try:
-                    target = raw_target.decode("utf-8")
+                    target = os.fsencode(raw_target).decode("utf-8")
                 except UnicodeDecodeError:
-                    problems.append([rel, "symlink target is not valid UTF-8; skipped"])
+                    problems.append([prefix + norm, "symlink target is not valid UTF-8; skipped"])
                     continue
-            entry = entry_json(st, target)
-            if entry is None:
-                problems.append([rel, "special file (device, fifo or socket); skipped"])
-                continue
-            entries.append([rel] + entry)
-            if is_dir:
-                stack.append((rel, item.path))
-            elif norm == IGNORE_FILE and entry[0] == "f":
-                try:
-                    with open(item.path, "rb") as fh:
-                        batch["i"][rel_dir] = fh.read().decode("utf-8", "replace")
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    problems.append([rel, "cannot read: %s" % (exc.strerror or exc)])
-        return len(items) + 1
+                add((norm, "l", 0, 0, 0, 0))
+                targets.append(target)
+            else:
+                problems.append([prefix + norm, "special file (device, fifo or socket); skipped"])
+        if rows:
+            # rows to columns (strict= needs python 3.10; the rows all have six fields)
+            names, kinds, sizes, mtimes, modes, inos = zip(*rows)  # noqa: B905
+            record, blob = scan_columns(rel_dir, names, kinds, sizes, mtimes, modes, inos, targets)
+            batch["d"].append(record)
+            if blob:
+                blobs.append(blob)
+
+    @staticmethod
+    def _read_ignore_file(rel: str, rel_dir: str, dfd: int | None, path: Any, batch: dict[str, Any]) -> None:
+        try:
+            fd = os.open(path, READ_OPEN, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            batch["p"].append([rel, "cannot read: %s" % (exc.strerror or exc)])
+            return
+        try:
+            with open(fd, "rb") as fh:
+                batch["i"][rel_dir] = fh.read().decode("utf-8", "replace")
+        except OSError as exc:
+            batch["p"].append([rel, "cannot read: %s" % (exc.strerror or exc)])
 
     def op_stat(self, rid: int, args: list[Any], raw: bytes) -> None:
-        self.send(DONE, rid, {"e": self.lstat_entry(self.path(args[0]))})
+        rel = args[0]
+        if rel == "":
+            self.send(DONE, rid, {"e": self.lstat_entry(self.path(rel))})
+            return
+        own = self._scope()
+        try:
+            try:
+                dfd, prefix, name, _ = self._at(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                entry = None  # no directory there (a symlink is not followed): nothing at rel
+            else:
+                entry = self._lstat_at(dfd, prefix + name, rel)
+        finally:
+            if own:
+                self._end_scope()
+        self.send(DONE, rid, {"e": entry})
 
     def op_open_r(self, rid: int, args: list[Any], raw: bytes) -> None:
         fd = os.open(self.path(args[0]), os.O_RDONLY | os.O_NOFOLLOW)
@@ -518,20 +916,72 @@ class Agent:
         return b"".join(parts)
 
     def op_read_files(self, rid: int, args: list[Any], raw: bytes) -> None:
-        """Whole small files: at most scanned size + 1 bytes each, with the lstat taken after reading."""
-        for index, (rel, size) in enumerate(args[0]):
-            try:
-                full = self.path(rel)
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        """Whole small files: at most scanned size + 1 bytes each, with the lstat taken after reading.
+
+        Answers come in order, many files per ITEM: meta ``[[length, lstat], ...]``
+        (``[None, error]`` for a file that failed), contents back to back in raw.
+        """
+        metas: list[Any] = []
+        blobs: list[bytes] = []
+        blob_size = 0
+        own = self._scope()
+        assert self.dirs is not None
+        dirs: dict[str, DirSlot] = self.dirs
+        chunk = READ_CHUNK * 4
+        lstat = os.lstat
+        try:
+            for rel, size in args[0]:
                 try:
-                    data = self._read_at_most(fd, size + 1)
-                finally:
-                    os.close(fd)
-                after = self.lstat_entry(full)
-            except Exception as exc:
-                self.send(ITEM, rid, {"i": index, "err": error_meta(exc)})
-                continue
-            self.send(ITEM, rid, {"i": index, "st": after}, data)
+                    # _at, inlined
+                    if rel.startswith("/"):
+                        raise CallFailed(errno.EINVAL, f"absolute path {rel!r}")
+                    at = rel.rfind("/")
+                    text = rel[at + 1 :]
+                    if text in BAD_NAMES or "\x00" in text:
+                        check_name(text)  # raises
+                    rel_dir = rel[:at] if at > 0 else ""
+                    slot = dirs.get(rel_dir)
+                    if slot is None:
+                        slot = self._dir(rel_dir)
+                        assert self.dirs is not None
+                        dirs = self.dirs  # the cache may have started over
+                    dfd = slot[0]
+                    name = slot[1] + text.encode("utf-8", "surrogateescape")
+                    fd = os.open(name, READ_OPEN, dir_fd=dfd)
+                    try:
+                        limit = size + 1
+                        data = os.read(fd, limit if limit < chunk else chunk)
+                        try:
+                            st: os.stat_result | None = lstat(name, dir_fd=dfd)  # after reading
+                        except (FileNotFoundError, NotADirectoryError):
+                            st = None  # gone since it was read
+                        if st is not None and data and len(data) < limit and st.st_size > len(data):
+                            # a short read before the end (rare): read on, then look again
+                            data += self._read_at_most(fd, limit - len(data))
+                            st = self._lstat_or_none(dfd, name)
+                    finally:
+                        os.close(fd)
+                    if st is None:
+                        after: list[Any] | None = None
+                    elif st.st_mode & S_IFMT == S_IFREG:
+                        after = ["f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino, None]
+                    else:
+                        after = self._entry_at(st, dfd, name, rel)
+                except Exception as exc:
+                    metas.append([None, self.error_at(exc, [rel])])
+                    continue
+                metas.append([len(data), after])
+                if data:
+                    blobs.append(data)
+                    blob_size += len(data)
+                if blob_size >= READ_CHUNK or len(metas) >= READ_ITEM_FILES:
+                    self.send(ITEM, rid, metas, b"".join(blobs))
+                    metas, blobs, blob_size = [], [], 0
+        finally:
+            if own:
+                self._end_scope()
+        if metas:
+            self.send(ITEM, rid, metas, b"".join(blobs))
         self.send(DONE, rid)
 
     def _xxh(self, full: bytes) -> str:
@@ -607,23 +1057,76 @@ class Agent:
 
     def op_put(self, rid: int, args: list[Any], raw: bytes) -> None:
         """A whole small file in one frame: args [path, mode, mtime_ns, guard]."""
-        rel, mode, mtime_ns, guard = args
-        if rel == "":
-            raise CallFailed(errno.EISDIR, "the root is a directory")
-        final = self.path(rel)
-        fd, tmp = self._create_temp(final)
+        own = self._scope()
         try:
-            self._write_all(fd, raw)
-            self._finish_fd(fd, mode, mtime_ns)
-            fd = -1
-            self._install(tmp, final, guard)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            self._put(args, raw)
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid)  # no entry: batches only need to know it landed
+
+    def _put(self, args: list[Any], raw: bytes) -> None:
+        """The hot path of a push: _at, _temp_name and _guard_at inlined for the common cases."""
+        rel, mode, mtime_ns, guard = args
+        if rel == "" or rel[0] == "/":
+            if rel == "":
+                raise CallFailed(errno.EISDIR, "the root is a directory")
+            raise CallFailed(errno.EINVAL, f"absolute path {rel!r}")
+        at = rel.rfind("/")
+        name = rel[at + 1 :]
+        if name in BAD_NAMES or "\x00" in name:
+            check_name(name)  # raises
+        rel_dir = rel[:at] if at > 0 else ""
+        slot = self.dirs.get(rel_dir) if self.dirs is not None else None
+        dfd, prefix, modes = slot if slot is not None else self._dir(rel_dir)
+        bname = name.encode("utf-8", "surrogateescape")
+        self.temp_count += 1
+        stem = self.temp_stem + b"%x-" % self.temp_count
+        if len(stem) + len(bname) <= NAME_MAX and bname.isascii():
+            tmp = prefix + stem + bname
+        else:
+            tmp = prefix + self._temp_name(bname)  # counts again: names stay unique
+        mode &= 0o7777
+        exact = modes.get(mode)  # does creating with ``mode`` give exactly ``mode`` here?
+        if exact is None and (mode & 0o7000 or not mode & 0o200):
+            # setuid/setgid/sticky, or not writable by us while we fill it: 0600, then fchmod
+            exact = modes[mode] = False
+        fd = os.open(tmp, NEW_FILE, 0o600 if exact is False else mode, dir_fd=dfd)
+        try:
+            try:
+                if raw:
+                    written = os.write(fd, raw)
+                    if written < len(raw):
+                        self._write_all(fd, raw[written:])
+                if exact is None:
+                    # umask, default ACLs: look once per directory and mode
+                    exact = modes[mode] = os.fstat(fd).st_mode & 0o7777 == mode
+                    if not exact:
+                        os.fchmod(fd, mode)
+                elif not exact:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+            final = prefix + bname
+            if guard is not None:
+                expected = guard[0]
+                if expected is None:
+                    # nothing may be there: a plain existence test costs no exception when
+                    # nothing is (the usual case); anything there gets the full check
+                    if not QUICK_ABSENT or os.access(final, os.F_OK, dir_fd=dfd, follow_symlinks=False):
+                        self._guard_at(dfd, final, None, rel)
+                else:
+                    self._guard_at(dfd, final, expected, rel)
+            try:
+                os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except IsADirectoryError:
+                # rename(2) never replaces a directory with a file
+                raise CallFailed(errno.EISDIR, "a directory is in the way", self._shown(rel)) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
 
     def op_write(self, rid: int, args: list[Any], raw: bytes) -> None:
         """Start a streamed upload: DATA frames follow, then END (or ABORT)."""
@@ -651,7 +1154,12 @@ class Agent:
         up.basis_fd = basis_fd
         up.basis_st = basis_st
         up.decoder = OpDecoder()
-        up.rebuilder = Rebuilder(lambda off, length: os.pread(basis_fd, length, off), basis_st.st_size)
+        up.rebuilder = Rebuilder(
+            lambda off, length: os.pread(basis_fd, length, off),
+            basis_st.st_size,
+            copy=lambda off, length: copy_range(basis_fd, fd, off, length, self.beat),  # guarded deltas: kernel copies
+            token=lambda: basis_token(os.fstat(basis_fd)),
+        )
         self.uploads[rid] = up
 
     def _upload_data(self, up: Upload, raw: bytes) -> None:
@@ -736,64 +1244,126 @@ class Agent:
             os.unlink(tmp)
         self.send(DONE, rid)
 
+    def _at_or_absent(self, rel: str, absent_ok: bool, changed: str = CHANGED) -> tuple[int | None, bytes]:
+        """(directory descriptor, name) of ``rel``; when its directory is missing (or is not a
+        directory: a symlink is not followed) nothing is at ``rel``: EAGAIN unless ``absent_ok``."""
+        try:
+            dfd, prefix, name, _ = self._at(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            if not absent_ok:
+                raise CallFailed(errno.EAGAIN, changed, rel) from None
+            raise
+        return dfd, prefix + name
+
     def op_mkdir(self, rid: int, args: list[Any], raw: bytes) -> None:
         rel, mode, guard = args
-        full = self.path(rel)
-        if guard is not None:
-            current = self.lstat_entry(full)
-            if current is not None and current[0] == "d":
-                self.send(DONE, rid, {"exists": True})
-                return
-            if not matches(current, guard[0]):
-                raise CallFailed(errno.EAGAIN, CHANGED, rel)
         wanted = mode & 0o7777 | 0o700  # owner rwx while it is filled; set_meta brings the final mode
-        os.mkdir(full, wanted)
-        os.chmod(full, wanted)  # the umask applied to mkdir
+        if rel == "":
+            full = self.root
+            if guard is not None:
+                current = self.lstat_entry(full)
+                if current is not None and current[0] == "d":
+                    self.send(DONE, rid, {"exists": True})
+                    return
+                if not matches(current, guard[0]):
+                    raise CallFailed(errno.EAGAIN, CHANGED, rel)
+            os.mkdir(full, wanted)
+            os.chmod(full, wanted)
+            self.send(DONE, rid)
+            return
+        own = self._scope()
+        try:
+            dfd, name = self._at_or_absent(rel, guard is None or guard[0] is None)
+            if guard is not None:
+                current = self._lstat_at(dfd, name, rel)
+                if current is not None and current[0] == "d":
+                    self.send(DONE, rid, {"exists": True})
+                    return
+                if not matches(current, guard[0]):
+                    raise CallFailed(errno.EAGAIN, CHANGED, rel)
+            os.mkdir(name, wanted, dir_fd=dfd)
+            os.chmod(name, wanted, dir_fd=dfd)  # the umask applied to mkdir
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid)
 
     def op_symlink(self, rid: int, args: list[Any], raw: bytes) -> None:
         rel, target, guard = args
         if rel == "":
             raise CallFailed(errno.EISDIR, "the root is a directory")
-        final = self.path(rel)
-        tmp = self.temp_for(final)
-        os.symlink(target.encode("utf-8", "surrogateescape"), tmp)
+        own = self._scope()
         try:
-            self._install(tmp, final, guard)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            dfd, prefix, name, _ = self._at(rel)
+            tmp = prefix + self._temp_name(name)
+            os.symlink(target.encode("utf-8", "surrogateescape"), tmp, dir_fd=dfd)
+            try:
+                final = prefix + name
+                if guard is not None:
+                    self._guard_at(dfd, final, guard[0], rel)
+                try:
+                    os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except IsADirectoryError:
+                    raise CallFailed(errno.EISDIR, "a directory is in the way", self._shown(rel)) from None
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid)
 
     def op_remove(self, rid: int, args: list[Any], raw: bytes) -> None:
         rel, kind, guard = args
         if rel == "":
             raise CallFailed(errno.EPERM, "refusing to remove the root", _text(self.root))
-        full = self.path(rel)
-        self.check_guard(full, guard)
-        if kind == "d":
-            os.rmdir(full)
-        else:
-            os.unlink(full)
+        own = self._scope()
+        try:
+            dfd, name = self._at_or_absent(rel, guard is None or guard[0] is None)
+            if guard is not None:
+                self._guard_at(dfd, name, guard[0], rel)
+            if kind == "d":
+                os.rmdir(name, dir_fd=dfd)
+                if self.dirs and rel in self.dirs:
+                    self._drop_dirs()  # a later call of the batch may make a new one there
+            else:
+                os.unlink(name, dir_fd=dfd)
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid)
 
     def op_set_meta(self, rid: int, args: list[Any], raw: bytes) -> None:
         """args [path, mode, mtime_ns, guard]; guard [expected or None, kind that must be there]."""
         rel, mode, mtime_ns, guard = args
-        full = self.path(rel)
-        if guard is not None:
-            current = self.lstat_entry(full)
-            if current is None or current[0] != guard[1]:
-                raise CallFailed(errno.EAGAIN, "changed since scan; skipped", rel)
-            if guard[0] is not None and not matches(current, guard[0]):
-                raise CallFailed(errno.EAGAIN, CHANGED, rel)
-        if os.path.islink(full):
-            raise CallFailed(errno.ELOOP, "refusing to change metadata through a symlink", _text(full))
-        if mode is not None:
-            os.chmod(full, mode & 0o7777)
-        if mtime_ns is not None:
-            os.utime(full, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        own = self._scope()
+        try:
+            if rel == "":
+                dfd, name = None, self.root
+            else:
+                dfd, name = self._at_or_absent(rel, guard is None, "changed since scan; skipped")
+            try:
+                st: os.stat_result | None = os.lstat(name, dir_fd=dfd)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if guard is not None:
+                current = None if st is None else self._entry_at(st, dfd, name, rel)
+                if current is None or current[0] != guard[1]:
+                    raise CallFailed(errno.EAGAIN, "changed since scan; skipped", rel)
+                if guard[0] is not None and not matches(current, guard[0]):
+                    raise CallFailed(errno.EAGAIN, CHANGED, rel)
+            if st is not None and statmod.S_ISLNK(st.st_mode):
+                raise CallFailed(errno.ELOOP, "refusing to change metadata through a symlink", self._shown(rel))
+            if mode is not None:
+                os.chmod(name, mode & 0o7777, dir_fd=dfd)
+            if mtime_ns is not None:
+                os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            if mode is not None and self.dirs and rel in self.dirs:
+                self._drop_dirs()  # later calls reach it again by name: its new permissions apply
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid)
 
     def op_link(self, rid: int, args: list[Any], raw: bytes) -> None:
@@ -815,23 +1385,37 @@ class Agent:
 
         Each runs as if called alone, in order; a failure affects only its
         own call.  The answer lists [index, answer] for calls that answered
-        something and [index, None, error] for failures.
+        something and [index, None, error] for failures.  Directories found
+        by one call serve the later ones (see the module docstring).
         """
         results: list[Any] = []
         at = 0
-        for index, (op, sub_args, size) in enumerate(args[0]):
-            sub_raw = raw[at : at + size]
-            at += size
-            self.sub_result = None
-            try:
-                if op not in BATCH_OPS:
-                    raise CallFailed(errno.ENOSYS, f"{op!r} cannot be batched")
-                self.ops[op](SUB_CALL, sub_args, sub_raw)
-            except Exception as exc:
-                results.append([index, None, error_meta(exc)])
-                continue
-            if self.sub_result is not None:
-                results.append([index, self.sub_result])
+        ops = self.ops
+        put = self._put
+        own = self._scope()
+        try:
+            for index, (op, sub_args, size) in enumerate(args[0]):
+                if size:
+                    sub_raw = raw[at : at + size]
+                    at += size
+                else:
+                    sub_raw = b""
+                try:
+                    if op == "put":
+                        put(sub_args, sub_raw)  # the common case, without the answer plumbing
+                        continue
+                    if op not in BATCH_OPS:
+                        raise CallFailed(errno.ENOSYS, f"{op!r} cannot be batched")
+                    self.sub_result = None
+                    ops[op](SUB_CALL, sub_args, sub_raw)
+                except Exception as exc:
+                    results.append([index, None, self.error_at(exc, sub_args)])
+                    continue
+                if self.sub_result is not None:
+                    results.append([index, self.sub_result])
+        finally:
+            if own:
+                self._end_scope()
         self.send(DONE, rid, results)
 
     # ---- delta -----------------------------------------------------------
@@ -846,15 +1430,22 @@ class Agent:
             yield chunk
 
     def op_sig(self, rid: int, args: list[Any], raw: bytes) -> None:
-        """Signature of the (old) file at args[0] in blocks of args[1] bytes, with its lstat."""
+        """Signature of the file at args[0] in blocks of args[1] bytes (digest args[2]), with its lstat.
+
+        Meta: "e" the fstat taken before reading, "b" the basis token (see
+        delta.Guard) when the file held still while it was read, else None.
+        """
         full = self.path(args[0])
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            before = entry_json(os.fstat(fd), None)
-            sig = signature(self._chunks(fd, 1 << 62), args[1], args[2] if len(args) > 2 else "sha1")
+            st = os.fstat(fd)
+            if not statmod.S_ISREG(st.st_mode):
+                raise CallFailed(errno.EINVAL, "not a regular file", args[0])
+            before = entry_json(st, None)
+            sig = signature_fd(fd, args[1], args[2] if len(args) > 2 else "sha1", beat=self.beat)
         finally:
             os.close(fd)
-        self.send(DONE, rid, {"e": before}, sig.encode())
+        self.send(DONE, rid, {"e": before, "b": None if sig.basis is None else list(sig.basis)}, sig.encode())
 
     def op_delta(self, rid: int, args: list[Any], raw: bytes) -> None:
         """Delta ops (encoded) turning the caller's old file, signed in ``raw``, into this one.

@@ -16,12 +16,15 @@ Invariants:
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import gc
 import io
+import sys
 import threading
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, cast
@@ -30,7 +33,7 @@ from srsync.agent.client import AgentClient, Call, HelperUnavailable, call_error
 from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, encode_ops
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IgnoreRules
-from srsync.core.paths import ROOT, RelPath, join, validate_relpath
+from srsync.core.paths import ROOT, RelPath, check_name, join, validate_relpath
 from srsync.endpoints.base import (
     CHUNK,
     Capabilities,
@@ -73,6 +76,91 @@ def entry_from_json(raw: list[Any] | None) -> Entry | None:
     if kind == "l":
         return link_entry(target)
     raise ConnectError(f"the remote helper sent an unknown entry kind {kind!r}")
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # scans decoding right now
+_gc_resume = False  # whether the collector was on when the first of them started
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off while scans decode (threads may overlap; the last one restores it).
+
+    A big scan makes one Entry per path: the collector, triggered by those
+    allocations, would walk the whole growing heap again and again (half the
+    decoding time), while nothing made here can form a cycle.
+    """
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
+
+
+_SWAP = sys.byteorder != "little"
+_F, _D, _L = ord("f"), ord("d"), ord("l")
+
+
+def _column(code: str, view: memoryview, at: int, count: int, width: int) -> list[int]:
+    values = array.array(code)
+    values.frombytes(view[at : at + count * width])
+    if _SWAP:
+        values.byteswap()
+    return values.tolist()
+
+
+def _decode_dirs(records: list[Any], raw: bytes, entries: dict[RelPath, Entry]) -> int:
+    """Add the entries of a scan ITEM's directory records (srsync.agent.remote.scan_columns) to
+    ``entries``; returns the raw bytes used.  The hot loop of a big scan: positional
+    construction, no helper calls."""
+    file_kind, dir_kind = Kind.FILE, Kind.DIR
+    view = memoryview(raw)
+    at = 0
+    for record in records:
+        rel_dir = record[0]
+        prefix = rel_dir + "/" if rel_dir else ""
+        if len(record) == 2:  # numbers too big for the columns: a flat JSON list
+            flat = record[1]
+            names: Any = flat[0::6]
+            kinds: Any = [ord(k) for k in flat[1::6]]
+            sizes, mtimes, modes, inos = flat[2::6], flat[3::6], flat[4::6], flat[5::6]
+            links = iter([ino for kind, ino in zip(kinds, inos, strict=True) if kind == _L])
+        else:
+            _, count, name_bytes, targets = record
+            names = bytes(view[at : at + name_bytes]).decode("utf-8").split("\0")
+            at += name_bytes
+            kinds = bytes(view[at : at + count])
+            at += count
+            sizes = _column("Q", view, at, count, 8)
+            at += count * 8
+            mtimes = _column("q", view, at, count, 8)
+            at += count * 8
+            modes = _column("H", view, at, count, 2)
+            at += count * 2
+            inos = _column("Q", view, at, count, 8)
+            at += count * 8
+            if len(names) != count or at > len(raw):
+                raise ValueError("scan columns do not match their record")
+            links = iter(targets)
+        for name, kind, size, mtime_ns, mode, ino in zip(names, kinds, sizes, mtimes, modes, inos, strict=True):
+            if kind == _F:
+                entries[prefix + name] = Entry(file_kind, size, mtime_ns, mode, None, None, ino)
+            elif kind == _D:
+                entries[prefix + name] = Entry(dir_kind, 0, mtime_ns, mode, None, None, ino)
+            elif kind == _L:
+                entries[prefix + name] = link_entry(next(links))
+            else:
+                raise ValueError(f"unknown entry kind {kind!r}")
+    return at
 
 
 def entry_to_json(entry: Entry | None) -> list[Any] | None:
@@ -177,7 +265,9 @@ class AgentEndpoint(Endpoint):
             self._client.close()
             raise
         self.has_xxhash = bool(self._client.info.get("xxhash"))
+        self.helper_info: dict[str, Any] = dict(self._client.info)  # what the helper said at hello
         self._disk_names: dict[RelPath, str] = {}
+        self._checked_dirs: set[RelPath] = set()  # directory paths validate_relpath accepted
         self._extra: list[AgentClient] = []
         self._extra_lock = threading.Lock()
         self._extra_refused = False
@@ -197,7 +287,16 @@ class AgentEndpoint(Endpoint):
 
     def _rel(self, path: RelPath) -> str:
         """The on-disk relative path the helper should use for ``path``."""
-        validate_relpath(path)
+        at = path.rfind("/")
+        if at > 0:
+            # many paths share a directory: check each directory once, then just the name
+            parent = path[:at]
+            if parent not in self._checked_dirs:
+                validate_relpath(parent)
+                self._checked_dirs.add(parent)
+            check_name(path[at + 1 :])
+        else:
+            validate_relpath(path)
         if path == ROOT or not self._disk_names:
             return path
         parts: list[str] = []
@@ -220,23 +319,21 @@ class AgentEndpoint(Endpoint):
         result = ScanResult(entries={})
         disk_names: dict[RelPath, str] = {}
         entries = result.entries
-        file_kind, dir_kind = Kind.FILE, Kind.DIR
-        for item in self._client.items(call):
-            part = item.meta
-            # the hot loop of a big scan: plain positional construction, no helper calls
-            for rel, kind, size, mtime_ns, mode, ino, target in part["e"]:
-                if kind == "f":
-                    entries[rel] = Entry(file_kind, size, mtime_ns, mode, None, None, ino)
-                elif kind == "d":
-                    entries[rel] = Entry(dir_kind, 0, mtime_ns, mode, None, None, ino)
-                else:
-                    entries[rel] = link_entry(target)
-            for rel in part["g"]:
-                entries.pop(rel, None)
-            result.problems.extend(Problem(path, message) for path, message in part["p"])
-            result.temp_files.extend(part["t"])
-            result.ignore_files.update(part["i"])
-            disk_names.update(part["n"])
+        with _gc_paused():
+            for item in self._client.items(call):
+                part = item.meta
+                try:
+                    used = _decode_dirs(part["d"], item.raw, entries)
+                except (ValueError, TypeError, StopIteration) as exc:
+                    raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan ({exc})") from exc
+                if used != len(item.raw):
+                    raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan")
+                for rel in part["g"]:
+                    entries.pop(rel, None)
+                result.problems.extend(Problem(path, message) for path, message in part["p"])
+                result.temp_files.extend(part["t"])
+                result.ignore_files.update(part["i"])
+                disk_names.update(part["n"])
         final = call.final or {}
         result.root_exists = bool(final.get("root_exists"))
         if final.get("problem"):
@@ -297,16 +394,28 @@ class AgentEndpoint(Endpoint):
             yield from self._read_files_results(*pending.popleft())
 
     def _read_files_results(self, call: Call, count: int) -> Iterator[tuple[bytes, Entry | None] | OSError]:
+        """Many files per ITEM, in order: meta [[length, lstat] or [None, error], ...], contents back to back."""
         got = 0
+        file_kind = Kind.FILE
         for item in self._client.items(call):
-            meta = item.meta
-            if meta["i"] != got:
-                raise ConnectError(f"the remote helper on {self._conn.label} answered out of order")
-            got += 1
-            if "err" in meta:
-                yield _item_error(meta["err"])
-            else:
-                yield (item.raw, entry_from_json(meta["st"]))
+            raw = item.raw
+            view = memoryview(raw)
+            at = 0
+            out: list[tuple[bytes, Entry | None] | OSError] = []
+            for size, st in item.meta:
+                if size is None:
+                    out.append(call_error(st))
+                    continue
+                data = raw if size == len(raw) else bytes(view[at : at + size])
+                at += size
+                if st is not None and st[0] == "f":
+                    out.append((data, Entry(file_kind, st[1], st[2], st[3], None, None, st[4])))
+                else:
+                    out.append((data, entry_from_json(st)))
+            if at != len(raw):
+                raise ConnectError(f"the remote helper on {self._conn.label} sent mismatched file contents")
+            got += len(out)
+            yield from out
         if got != count:
             raise ConnectError(f"the remote helper on {self._conn.label} skipped files")
 
@@ -404,7 +513,29 @@ class AgentEndpoint(Endpoint):
                     out[answer[0]] = call_error(answer[2])
             yield from out
 
+        write_kind = StepKind.WRITE
+        rel_of = self._rel
         for step in steps:
+            data = step.data
+            if step.kind is write_kind and data is not None and len(data) <= INLINE:
+                # the common case of a push, inlined: a small file in the batch frame
+                entry = step.entry
+                assert entry is not None
+                if step.guarded:
+                    expected = step.expected
+                    guard: list[Any] | None = [None if expected is None else entry_to_json(expected)]
+                else:
+                    guard = None
+                size = len(data)
+                batch.append(["put", [rel_of(step.path), entry.mode & 0o7777, entry.mtime_ns, guard], size])
+                if size:
+                    raws.append(data)
+                    batch_bytes += size
+                if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
+                    send_batch()
+                    while len(inflight) > BATCH_DEPTH_STEPS:
+                        yield from collect()
+                continue
             try:
                 request = self._step_request(step)
             except OSError as exc:
@@ -536,7 +667,35 @@ class AgentEndpoint(Endpoint):
         self, path: RelPath, block: int, algo: str = SHA1
     ) -> tuple[Signature, Entry | None]:
         reply = self._client.result_raw(self._client.call("sig", [self._rel(path), block, algo]))
-        return Signature.decode(reply.raw), entry_from_json(reply.meta["e"])
+        sig = Signature.decode(reply.raw)
+        token = reply.meta.get("b")
+        if isinstance(token, list) and len(token) == 5 and all(isinstance(v, int) for v in token):
+            sig.basis = tuple(token)
+        return sig, entry_from_json(reply.meta["e"])
+
+    def read_ranges(self, path: RelPath, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """See ``Endpoint.read_ranges``: one open, all ranges' reads in flight at once, one close."""
+        client = self._client
+        handle = client.call("open_r", [self._rel(path)])
+        client.result(handle)
+        calls: deque[Call] = deque()
+        todo = iter(ranges)
+        try:
+            while True:
+                while len(calls) < READ_DEPTH * 4:
+                    want = next(todo, None)
+                    if want is None:
+                        break
+                    calls.append(client.call("pread", [handle.rid, want[0], want[1]]))
+                if not calls:
+                    break
+                yield client.result_raw(calls.popleft()).raw
+        finally:
+            with contextlib.suppress(OSError, ConnectError):
+                for call in calls:
+                    client.result_raw(call)
+            with contextlib.suppress(OSError, ConnectError):
+                client.result(client.call("close_r", [handle.rid]))
 
     def delta_ops(
         self, path: RelPath, size: int, sig: Signature

@@ -20,12 +20,24 @@ from __future__ import annotations
 import abc
 import enum
 import errno
-from collections.abc import Generator, Iterable, Iterator
+import io
+import os
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from srsync.agent.delta import ALGORITHMS, SHA1, DeltaOp, Signature, apply_ops, match, signature
+from srsync.agent.delta import (
+    ALGORITHMS,
+    SHA1,
+    DeltaOp,
+    Signature,
+    apply_ops,
+    basis_token,
+    match,
+    signature,
+    signature_fd,
+)
 from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IgnoreRules
 from srsync.core.paths import RelPath
@@ -70,7 +82,7 @@ class StepKind(enum.Enum):
     META = "meta"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
 class Step:
     """One change for ``apply_steps``, guarded by the state the scan saw.
 
@@ -92,7 +104,7 @@ class Step:
     chunks: Iterator[bytes] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
 class FileRead:
     """A whole file wanted by ``read_files``: at most ``size`` + 1 bytes are read."""
 
@@ -200,10 +212,12 @@ class Endpoint(abc.ABC):
 
     # ---- batches (optional: endpoints with a remote helper pipeline them) ------
     def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
-        """Whole files in order: (content, lstat after reading) or the OSError for each.
+        """Whole files in order: (content, state after reading) or the OSError for each.
 
-        At most ``size`` + 1 bytes are read, so a caller comparing the length
-        and the lstat with the scan can tell a file that changed.  The
+        The state is an lstat of the path taken after reading, or (local fast
+        path) an fstat of the very file read, which describes exactly the bytes
+        returned.  At most ``size`` + 1 bytes are read, so a caller comparing
+        the length and the state with the scan can tell a file that changed.  The
         iterator may read ahead (bounded); per-file trouble never stops it.
         """
         for f in files:
@@ -286,9 +300,39 @@ class Endpoint(abc.ABC):
     def block_signature(
         self, path: RelPath, block: int, algo: str = SHA1
     ) -> tuple[Signature, Entry | None]:
-        """Block signature of the (old) file at ``path``, with its lstat taken before reading."""
+        """Block signature of the file at ``path``, with its lstat taken before reading.
+
+        Where ``open_read`` gives a real file descriptor the signature also
+        carries the file's basis token (``Signature.basis``, see
+        ``srsync.agent.delta.Guard``) when it held still while it was read.
+        """
         before = self.stat(path)
-        return signature(self.read_chunks(path), block, algo), before
+        with self.open_read(path) as f:
+            fd = _fileno(f)
+            if fd is not None:
+                return signature_fd(fd, block, algo), before
+            return signature(_file_chunks(f), block, algo), before
+
+    def read_ranges(self, path: RelPath, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """The bytes of ``path`` at each (offset, length) of ``ranges``, in order (short at the end).
+
+        For a delta's literals: a few ranges of a big file, read in one open.
+        """
+        with self.open_read(path) as f:
+            fd = _fileno(f)
+            for off, length in ranges:
+                if fd is not None:
+                    yield os.pread(fd, length, off)
+                    continue
+                f.seek(off)
+                parts: list[bytes] = []
+                while length > 0:
+                    got = f.read(length)
+                    if not got:
+                        break
+                    parts.append(got)
+                    length -= len(got)
+                yield b"".join(parts)
 
     def delta_ops(self, path: RelPath, size: int, sig: Signature) -> Generator[DeltaOp, None, Entry | None]:
         """Delta ops turning the file ``sig`` describes into this endpoint's ``path``.
@@ -305,13 +349,18 @@ class Endpoint(abc.ABC):
         """Rebuild ``path`` from its current content (which must be ``expected``) and ``ops``.
 
         Written like ``write_file`` (temp + rename); a result that fails the
-        ops' final check is never installed.
+        ops' final check is never installed.  A guarded delta (see
+        ``srsync.agent.delta.Guard``) needs the old file behind a real file
+        descriptor (for its basis token) and is refused otherwise.
         """
         with self.open_read(path) as basis:
             if not same_state(self.stat(path), expected):
                 raise OSError(errno.EAGAIN, CHANGED, path)
+            fd = _fileno(basis)
 
             def pread(offset: int, length: int) -> bytes:
+                if fd is not None:
+                    return _pread_all(fd, offset, length)
                 basis.seek(offset)
                 parts: list[bytes] = []
                 while length > 0:
@@ -322,8 +371,9 @@ class Endpoint(abc.ABC):
                     length -= len(block)
                 return b"".join(parts)
 
+            token = None if fd is None else (lambda: basis_token(os.fstat(fd)))
             try:
-                return self.write_file(path, apply_ops(ops, pread, expected.size), mode, mtime_ns)
+                return self.write_file(path, apply_ops(ops, pread, expected.size, token), mode, mtime_ns)
             except ValueError as exc:
                 raise OSError(errno.EAGAIN, f"{exc}; will retry next run", path) from exc
 
@@ -340,6 +390,41 @@ class Endpoint(abc.ABC):
 def _check(step: Step, current: Entry | None) -> None:
     if not same_state(current, step.expected):
         raise OSError(errno.EAGAIN, CHANGED, step.path)
+
+
+def _fileno(f: object) -> int | None:
+    """The OS file descriptor behind a file object from ``open_read``, if it has one."""
+    fileno = getattr(f, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _pread_all(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while True:
+        block = f.read(CHUNK)
+        if not block:
+            return
+        yield block
 
 
 def _at_most(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:

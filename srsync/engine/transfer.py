@@ -16,10 +16,21 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from threading import Event
 
-from srsync.agent.delta import SHA1, Check, DeltaOp, block_size_for
+from srsync.agent.delta import (
+    SHA1,
+    Check,
+    DeltaOp,
+    Guard,
+    Signature,
+    aligned_blocks,
+    aligned_ops,
+    aligned_ranges,
+    block_size_for,
+)
 from srsync.core.entry import Entry, Kind
 from srsync.endpoints.base import Endpoint, FileRead, Step, StepKind, same_state
 from srsync.engine.reporter import Reporter
@@ -31,6 +42,8 @@ SMALL_FILE = 1024 * 1024
 # A changed file at least this big is sent as a delta against the old copy
 # when both sides can read their own copy cheaply (local, or remote helper).
 DELTA_MIN = 1024 * 1024
+# progress of batched small files is reported after about this many bytes
+_REPORT_BYTES = 256 * 1024
 
 _STEP_KINDS = {
     OpKind.MKDIR: StepKind.MKDIR,
@@ -136,14 +149,92 @@ def transfer_delta(
     job: str,
     reporter: Reporter,
 ) -> Entry:
-    """Rebuild ``path`` at ``dest`` from its old copy ``old`` plus the source's delta."""
+    """Rebuild ``path`` at ``dest`` from its old copy ``old`` plus the source's delta.
+
+    When old and new have the same size (edits in place) both sides sign
+    their own copy at the same time (they are different machines, or at
+    least processes); if few blocks differ at the same offsets, only those
+    are read again from the source and sent, and the rest is copied from the
+    old file (``srsync.agent.delta.aligned_ops``).  Otherwise the source
+    matches its file against the old file's signature (``delta_ops``).
+    Either way, when the destination could pin its old file (a basis token,
+    see ``srsync.agent.delta.Guard``) the delta is guarded: the receiver
+    copies in the kernel instead of checksumming every byte.
+    """
     theirs = src.delta_algorithms()
     algo = next((a for a in dest.delta_algorithms() if a in theirs), SHA1)
-    sig, before = dest.block_signature(path, block_size_for(old.size), algo)
+    block = block_size_for(old.size)
+    new_sig: Signature | None = None
+    new_before: Entry | None = None
+    if entry.size == old.size:
+        with ThreadPoolExecutor(1, thread_name_prefix="srsync-sign") as pool:
+            signing = pool.submit(src.block_signature, path, block, algo)
+            try:
+                sig, before = dest.block_signature(path, block, algo)
+            finally:
+                try:
+                    new_sig, new_before = signing.result()
+                except OSError:
+                    new_sig = None  # the source's trouble shows again (and is reported) below
+    else:
+        sig, before = dest.block_signature(path, block, algo)
     if not matches(before, old):
         raise OSError(errno.EAGAIN, "changed since scan; skipped, will retry next run", path)
-    ops = _checked_delta(src.delta_ops(path, entry.size, sig), path, entry, job, reporter)
+    if new_sig is not None and sig.basis is not None:
+        if not matches(new_before, entry) or new_sig.size != entry.size:
+            raise _changed(path)
+        differ = aligned_blocks(sig, new_sig)
+        if differ is not None:
+            aligned = _aligned_delta(src, path, sig, new_sig, differ)
+            try:
+                return dest.write_delta(
+                    path, _checked_delta(aligned, path, entry, job, reporter), entry.mode, entry.mtime_ns, old
+                )
+            finally:
+                aligned.close()  # a refused delta: the source's file is closed now, not at GC
+    matched = src.delta_ops(path, entry.size, sig)
+    if sig.basis is not None:
+        matched = _guarded(matched, sig.basis)
+    ops = _checked_delta(matched, path, entry, job, reporter)
     return dest.write_delta(path, ops, entry.mode, entry.mtime_ns, old)
+
+
+def _aligned_delta(
+    src: Endpoint, path: str, old: Signature, new: Signature, differ: list[int]
+) -> Generator[DeltaOp, None, Entry | None]:
+    """The guarded delta of an edit in place: the differing blocks re-read from the source.
+
+    Returns (as the generator's value) the source's lstat taken after the
+    last read, like ``Endpoint.delta_ops``.
+    """
+    pieces = src.read_ranges(path, aligned_ranges(new, differ))
+    try:
+        yield from aligned_ops(old, new, differ, pieces)
+    except ValueError:
+        raise _changed(path) from None  # shorter than signed: it changed
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+    return src.stat(path)
+
+
+def _guarded(
+    ops: Generator[DeltaOp, None, Entry | None], token: tuple[int, ...]
+) -> Generator[DeltaOp, None, Entry | None]:
+    """The matcher's delta as a guarded one: Guard first, and its final Check without CRC.
+
+    The CRC only proved that copies came from the signed old file; the Guard
+    proves that more cheaply (the receiver can copy in the kernel).  The
+    literals are the bytes the source read while matching.
+    """
+    yield Guard(token)
+    while True:
+        try:
+            op = next(ops)
+        except StopIteration as stop:
+            return stop.value
+        yield Check(op.size, None) if isinstance(op, Check) else op
 
 
 def _checked_delta(
@@ -158,6 +249,7 @@ def _checked_delta(
     Without that Check the destination installs nothing, so a source that
     changed while it was read never reaches its final name.
     """
+    check: Check | None = None
     while True:
         try:
             op = next(ops)
@@ -167,7 +259,8 @@ def _checked_delta(
         if isinstance(op, Check):
             check = op
             continue
-        reporter.bytes_transferred(job, op[1] if isinstance(op, tuple) else len(op))
+        if not isinstance(op, Guard):
+            reporter.bytes_transferred(job, op[1] if isinstance(op, tuple) else len(op))
         yield op
     if check is None or check.size != entry.size or not matches(after, entry):
         raise _changed(path)
@@ -248,31 +341,42 @@ def _apply_run(
     stop: Event,
 ) -> Iterator[tuple[Operation, Outcome]]:
     dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
-    copies = [op for op in run if op.kind is OpKind.COPY]
-    contents = src.read_files(FileRead(op.path, op.entry.size) for op in copies if op.entry is not None)
+    contents = src.read_files([FileRead(op.path, op.entry.size) for op in run
+                               if op.kind is OpKind.COPY and op.entry is not None])
     slots: deque[_Slot] = deque()
+    copy, remove = OpKind.COPY, OpKind.REMOVE
+    # bytes read are reported in batches: one hook call per file costs more than the copy
+    unreported = 0
+    started = reporter.op_started
 
     def steps() -> Iterator[Step]:
+        nonlocal unreported
         for op in run:
             if stop.is_set():
                 return
-            reporter.op_started(job, op)
+            started(job, op)
             slot = _Slot(op)
             slots.append(slot)
             data: bytes | None = None
-            if op.kind is OpKind.COPY:
-                assert op.entry is not None
+            if op.kind is copy:
+                entry = op.entry
+                assert entry is not None
                 got = next(contents)
                 if isinstance(got, OSError):
                     slot.error, slot.has_step = got, False
                     continue
                 data, after = got
-                if len(data) != op.entry.size or not matches(after, op.entry):
+                if len(data) != entry.size or not same_state(after, entry):
                     slot.error, slot.has_step = _changed(op.path), False
                     continue
-                reporter.bytes_transferred(job, len(data))
-            entry = op.entry if op.kind is not OpKind.REMOVE else None
-            yield Step(_STEP_KINDS[op.kind], op.path, op.expected, entry, data=data)
+                unreported += len(data)
+                if unreported >= _REPORT_BYTES:
+                    reporter.bytes_transferred(job, unreported)
+                    unreported = 0
+                yield Step(StepKind.WRITE, op.path, op.expected, entry, True, data)
+            else:
+                entry = op.entry if op.kind is not remove else None
+                yield Step(_STEP_KINDS[op.kind], op.path, op.expected, entry)
 
     def ready() -> Iterator[tuple[Operation, Outcome]]:
         while slots and not slots[0].has_step:
@@ -280,8 +384,13 @@ def _apply_run(
             assert slot.error is not None
             yield slot.op, slot.error
 
-    for result in dest.apply_steps(steps()):
+    try:
+        for result in dest.apply_steps(steps()):
+            if not slots[0].has_step:
+                yield from ready()
+            slot = slots.popleft()
+            yield slot.op, result if isinstance(result, OSError) else None
         yield from ready()
-        slot = slots.popleft()
-        yield slot.op, result if isinstance(result, OSError) else None
-    yield from ready()
+    finally:
+        if unreported:
+            reporter.bytes_transferred(job, unreported)
