@@ -12,6 +12,10 @@ Invariants:
 * Directory names are listed as raw bytes; names that are not UTF-8 come back
   as ``bytes`` so the caller can report them instead of crashing (paramiko's
   own ``listdir_attr`` decodes strictly and would fail the whole listing).
+* Pipelined work on many paths (``Requests``, ``listdirs``) shares the
+  session's request ids with paramiko and encodes and parses its packets
+  itself; what it keeps in flight is bounded by its caller, and by
+  ``open_handles`` for open files and directories.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import contextlib
 import errno
 import stat as statmod
 import struct
+import time
 from collections import deque
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 import paramiko
 from paramiko.message import Message
@@ -35,25 +40,35 @@ from paramiko.sftp import (
     CMD_FSETSTAT,
     CMD_HANDLE,
     CMD_INIT,
+    CMD_LSTAT,
+    CMD_MKDIR,
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
     CMD_READLINK,
+    CMD_REMOVE,
+    CMD_RMDIR,
+    CMD_SETSTAT,
     CMD_STAT,
     CMD_STATUS,
+    CMD_SYMLINK,
     CMD_VERSION,
     CMD_WRITE,
+    SFTP_EOF,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_EXCL,
     SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_PERMISSION_DENIED,
     int64,
 )
 
-from srsync.ssh.errors import sftp_errors
+from srsync.ssh.errors import _path_error, sftp_errors
 
 SFTP_VERSION = 3
 POSIX_RENAME = "posix-rename@openssh.com"
@@ -69,12 +84,20 @@ MAX_REQUEST = 256 * 1024
 READ_DEPTH = 32
 READLINK_BATCH = 256
 READDIR_AHEAD_MAX = 16
+LISTDIR_WINDOW = 256  # directories listed at once by listdirs
 WRITE_DEPTH = 32
+# Files a batch holds open at once: from the server's limits@openssh.com
+# (its descriptor limit, halved), else a number every server manages.
+MAX_OPEN_HANDLES = 1024
+DEFAULT_OPEN_HANDLES = 64
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteStat:
-    """lstat/stat result of a remote path; SFTP v3 has whole-second mtimes and no inode."""
+class RemoteStat(NamedTuple):
+    """lstat/stat result of a remote path; SFTP v3 has whole-second mtimes and no inode.
+
+    (A NamedTuple: scans and batches make one per path, and it is built
+    several times faster than a frozen dataclass.)
+    """
 
     mode: int  # full st_mode, type bits included
     size: int
@@ -367,6 +390,425 @@ class RemoteWriter(_Pipeline):
             self.abort()
 
 
+class _Eof:
+    """The reply to a READ at or past the end of the file (SSH_FX_EOF)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EOF"
+
+
+EOF: Final = _Eof()
+# Buffered requests go out (in whole SSH packets) once they add up to this
+# much, or when we wait for replies: many small SFTP requests per SSH packet.
+SEND_BUFFER = 128 * 1024
+# ... and once they are this much and have waited SEND_DELAY seconds (while
+# the caller is busy with results, the server works on these).
+SEND_SOON = 4 * 1024
+SEND_DELAY = 0.002
+RECV_CHUNK = 1 << 20  # at most this much taken from the channel per read
+MAX_REPLY = (1 << 24) - 1  # as paramiko: a length with its high byte set is garbage
+# The reply each command gives besides a status (None: a status only).
+_REPLY_KIND: dict[int, int | None] = {
+    CMD_OPEN: CMD_HANDLE,
+    CMD_READ: CMD_DATA,
+    CMD_LSTAT: CMD_ATTRS,
+    CMD_STAT: CMD_ATTRS,
+    CMD_READLINK: CMD_NAME,
+    CMD_OPENDIR: CMD_HANDLE,
+    CMD_READDIR: CMD_NAME,
+}
+
+Listing = list[tuple[bytes, "RemoteStat"]]
+Reply = None | OSError | _Eof | bytes | RemoteStat | str | Listing
+"""What ``Requests.take`` hands back for one request.
+
+``None``: done (status OK); an ``OSError`` (the status, as the synchronous
+calls raise it, naming the request's path); ``EOF`` (a READ past the end, a
+READDIR after the last entries); ``bytes`` (OPEN's and OPENDIR's handle,
+READ's data, a READLINK target that is not UTF-8); ``RemoteStat`` (LSTAT,
+STAT); ``str`` (READLINK); a ``Listing`` of raw names with their lstat
+(READDIR, "." and ".." left out).
+"""
+
+
+class Requests:
+    """Many requests in flight on one SFTP session, their replies collected in arrival order.
+
+    Each ``send_*`` queues one request, tagged with an ``owner`` and a
+    ``tag`` of the caller's choosing; requests are buffered and written to
+    the channel together (``flush``; ``take`` flushes when it would otherwise
+    wait).  ``take`` returns ``(owner, tag, Reply)`` for every reply that has
+    arrived (waiting for at least one).  Per-request failures are values,
+    never raised; a broken, stalled or misbehaving session raises
+    ``ConnectError``.
+
+    Requests and replies are encoded and parsed here, many per channel read
+    or write: paramiko's own per-packet path costs several times more, and
+    with thousands of small files in flight that is the whole budget.  The
+    caller bounds what is in flight: replies adding up to more than the
+    channel's window (bytes read) would stall the session.  Synchronous SFTPFS
+    calls may be made in between, after ``settle``: replies to these requests
+    that arrive meanwhile reach us through paramiko and are kept.
+    """
+
+    def __init__(self, fs: SFTPFS) -> None:
+        self._fs = fs
+        self._client = fs._client
+        self._channel = fs._client.get_channel()
+        self.read_size, self.write_size = fs._limits()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._out_since = 0.0  # when the oldest buffered request was queued
+        self._sent: dict[int, tuple[int, str, Any, int]] = {}  # id -> (command, path, owner, tag)
+        self._replies: list[tuple[Any, int, Reply]] = []
+        self._buf = bytearray()  # received, not yet parsed
+        self._lent_upto = -1  # our requests up to this id are registered with paramiko (see settle)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose replies were not taken yet."""
+        return len(self._sent) + len(self._replies)
+
+    def _queue(self, cmd: int, path: str, payload: bytes, owner: Any, tag: int) -> None:
+        client = self._client
+        with client._lock:
+            num = int(client.request_number)
+            client.request_number = num + 1
+        if not self._out:
+            self._out_since = time.monotonic()
+        self._out.append(_HEAD.pack(len(payload) + 5, cmd, num))
+        self._out.append(payload)
+        self._out_size += len(payload) + 9
+        self._sent[num] = (cmd, path, owner, tag)
+        if self._out_size >= SEND_BUFFER:
+            self.flush(whole_packets=True)
+        elif self._out_size >= SEND_SOON and time.monotonic() - self._out_since >= SEND_DELAY:
+            # our caller is busy with results: let the server work meanwhile
+            self.flush()
+
+    def flush(self, whole_packets: bool = False) -> None:
+        """Write the buffered requests to the channel.
+
+        With ``whole_packets`` only full SSH packets go (the rest waits for
+        more requests): fewer, fuller packets cost less on both sides.
+        """
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        if whole_packets:
+            packet = max(self._channel.out_max_packet_size - 64, 1024)  # as paramiko's Channel._send
+            cut = len(data) // packet * packet
+            if cut < len(data):
+                self._out.append(data[cut:])
+                self._out_size = len(data) - cut
+                data = data[:cut]
+        with self._fs._op("(requests)"):
+            self._client._write_all(data)
+
+    def take(self) -> list[tuple[Any, int, Reply]]:
+        """The replies that have arrived, at least one (buffered requests are sent before waiting)."""
+        while not self._replies:
+            if not self._sent:
+                raise RuntimeError("no request in flight")
+            # replies already here are taken first: what they cause goes out together
+            if not self._channel.recv_ready():
+                self.flush()
+            with self._fs._op("(replies)"):
+                self._fill()
+                self._parse()
+        out, self._replies = self._replies, []
+        return out
+
+    def settle(self) -> None:
+        """Before a synchronous call: everything sent, no partial reply left in our buffer.
+
+        Our requests still unanswered are registered with paramiko, which
+        hands us their replies if it reads them while serving that call.
+        """
+        self.flush()
+        expecting = self._client._expecting
+        with self._client._lock:
+            for num in self._sent:
+                if num > self._lent_upto:
+                    expecting[num] = self
+            self._lent_upto = int(self._client.request_number) - 1
+        with self._fs._op("(replies)"):
+            self._parse()
+            while self._buf:
+                # the rest of a reply that started arriving: exactly that much
+                need = 4 - len(self._buf)
+                if need <= 0:
+                    need = 4 + _U32.unpack_from(self._buf)[0] - len(self._buf)
+                self._fill(need)
+                self._parse()
+
+    # paramiko calls this for replies to our requests it reads itself (during a synchronous call)
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        self._answer(num, kind, msg.get_remainder())
+
+    def _answer(self, num: int, kind: int, body: bytes) -> None:
+        cmd, path, owner, tag = self._sent.pop(num)
+        try:
+            reply = _convert(cmd, kind, body, path)
+        except (struct.error, IndexError) as exc:
+            raise paramiko.SFTPError(f"malformed reply for {path!r}") from exc
+        self._replies.append((owner, tag, reply))
+
+    def _fill(self, most: int = RECV_CHUNK) -> None:
+        data = self._channel.recv(most)
+        if not data:
+            raise EOFError("the server closed the SFTP channel")
+        self._buf += data
+
+    def _parse(self) -> None:
+        """Convert the complete replies in the buffer."""
+        buf = self._buf
+        end = len(buf)
+        pos = 0
+        client = self._client
+        sent = self._sent
+        replies = self._replies
+        lent = self._lent_upto
+        head = _HEAD.unpack_from
+        with memoryview(buf) as view:
+            while end - pos >= 9:
+                size, kind, num = head(buf, pos)
+                if size < 5 or size > MAX_REPLY:
+                    raise paramiko.SFTPError("garbage packet received")
+                if end - pos - 4 < size:
+                    break
+                body = bytes(view[pos + 9 : pos + 4 + size])
+                pos += 4 + size
+                found = sent.pop(num, None)
+                if found is not None:
+                    cmd, path, owner, tag = found
+                    try:
+                        replies.append((owner, tag, _convert(cmd, kind, body, path)))
+                    except (struct.error, IndexError) as exc:
+                        raise paramiko.SFTPError(f"malformed reply for {path!r}") from exc
+                    if num <= lent:
+                        with client._lock:
+                            client._expecting.pop(num, None)
+                    continue
+                with client._lock:
+                    owner = client._expecting.pop(num, None)
+                if owner is not None and owner is not type(None):
+                    # a reply for another paramiko object (e.g. a reader closed early)
+                    owner._async_response(kind, Message(body), num)
+        if pos:
+            del buf[:pos]
+
+    # ---- requests --------------------------------------------------------------
+    def send_open_read(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_OPEN, path, _str(path) + _READ_NO_ATTRS, owner, tag)
+
+    def send_open_write(self, path: str, owner: Any, tag: int) -> None:
+        """Create ``path`` exclusively (never through a symlink), mode 0600 until FSETSTAT."""
+        self._queue(CMD_OPEN, path, _str(path) + _CREATE_EXCL_0600, owner, tag)
+
+    def send_read(self, handle: bytes, path: str, offset: int, length: int, owner: Any, tag: int) -> None:
+        self._queue(CMD_READ, path, _str(handle) + _U64_U32.pack(offset, length), owner, tag)
+
+    def send_write(self, handle: bytes, path: str, offset: int, data: bytes, owner: Any, tag: int) -> None:
+        self._queue(CMD_WRITE, path, _str(handle) + _U64_U32.pack(offset, len(data)) + data, owner, tag)
+
+    def send_fsetstat(
+        self, handle: bytes, path: str, mode: int | None, mtime: int | None, owner: Any, tag: int
+    ) -> None:
+        self._queue(CMD_FSETSTAT, path, _str(handle) + _attr_bytes(mode, mtime), owner, tag)
+
+    def send_close(self, handle: bytes, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_CLOSE, path, _str(handle), owner, tag)
+
+    def send_lstat(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_LSTAT, path, _str(path), owner, tag)
+
+    def send_stat(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_STAT, path, _str(path), owner, tag)
+
+    def send_readlink(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_READLINK, path, _str(path), owner, tag)
+
+    def send_opendir(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_OPENDIR, path, _str(path), owner, tag)
+
+    def send_readdir(self, handle: bytes, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_READDIR, path, _str(handle), owner, tag)
+
+    def send_posix_rename(self, src: str, dst: str, owner: Any, tag: int) -> None:
+        """posix-rename@openssh.com (the caller checks ``has_extension(POSIX_RENAME)``); errors name ``dst``."""
+        self._queue(CMD_EXTENDED, dst, _POSIX_RENAME + _str(src) + _str(dst), owner, tag)
+
+    def send_lsetstat(self, path: str, mode: int | None, mtime: int | None, owner: Any, tag: int) -> None:
+        """lsetstat@openssh.com (the caller checks ``has_extension(LSETSTAT)``)."""
+        self._queue(CMD_EXTENDED, path, _LSETSTAT + _str(path) + _attr_bytes(mode, mtime), owner, tag)
+
+    def send_setstat(self, path: str, mode: int | None, mtime: int | None, owner: Any, tag: int) -> None:
+        """SETSTAT follows a symlink: see ``send_lsetstat``."""
+        self._queue(CMD_SETSTAT, path, _str(path) + _attr_bytes(mode, mtime), owner, tag)
+
+    def send_mkdir(self, path: str, mode: int, owner: Any, tag: int) -> None:
+        self._queue(CMD_MKDIR, path, _str(path) + _attr_bytes(mode & 0o7777, None), owner, tag)
+
+    def send_rmdir(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_RMDIR, path, _str(path), owner, tag)
+
+    def send_remove(self, path: str, owner: Any, tag: int) -> None:
+        self._queue(CMD_REMOVE, path, _str(path), owner, tag)
+
+    def send_symlink(self, target: str, path: str, owner: Any, tag: int) -> None:
+        # (target, link): the order OpenSSH expects, as in SFTPFS.symlink
+        self._queue(CMD_SYMLINK, path, _str(target) + _str(path), owner, tag)
+
+    def refine(self, exc: OSError, path: str, op: str) -> OSError:
+        """``SFTPFS._refine`` for a failed mkdir/remove/rmdir reply (synchronous round trips)."""
+        self.settle()
+        with self._fs._op(path):
+            return self._fs._refine(exc, path, op)
+
+
+_U32 = struct.Struct(">I")
+_U64_U32 = struct.Struct(">QI")
+_HEAD = struct.Struct(">IBI")  # packet length, type, request id
+_KIND_ID = struct.Struct(">BI")
+_NO_ATTRS = _U32.pack(0)
+_ATTR_SIZE, _ATTR_UIDGID, _ATTR_PERMISSIONS, _ATTR_ACMODTIME, _ATTR_EXTENDED = 1, 2, 4, 8, 0x80000000
+
+
+def _str(value: str | bytes) -> bytes:
+    """An SSH string: length, then the bytes (UTF-8 for text)."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _U32.pack(len(data)) + data
+
+
+_POSIX_RENAME = _str(POSIX_RENAME)
+_LSETSTAT = _str(LSETSTAT)
+_READ_NO_ATTRS = _U32.pack(SFTP_FLAG_READ) + _NO_ATTRS
+
+
+def _attr_bytes(mode: int | None, mtime: int | None) -> bytes:
+    flags = 0
+    parts: list[bytes] = []
+    if mode is not None:
+        flags |= _ATTR_PERMISSIONS
+        parts.append(_U32.pack(mode & 0o7777))
+    if mtime is not None:
+        if not 0 <= mtime <= 0xFFFFFFFF:
+            raise OSError(errno.EINVAL, f"SFTP cannot store the modification time {mtime}")
+        flags |= _ATTR_ACMODTIME
+        parts.append(_U32.pack(mtime) * 2)  # atime, mtime
+    return _U32.pack(flags) + b"".join(parts)
+
+
+_CREATE_EXCL_0600 = _U32.pack(
+    SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC | SFTP_FLAG_EXCL
+) + _attr_bytes(0o600, None)
+
+
+def _get_str(body: bytes, pos: int) -> tuple[bytes, int]:
+    size = _U32.unpack_from(body, pos)[0]
+    end = pos + 4 + size
+    if end > len(body):
+        raise IndexError("string beyond the packet")
+    return body[pos + 4 : end], end
+
+
+_ALL_ATTRS = _ATTR_SIZE | _ATTR_UIDGID | _ATTR_PERMISSIONS | _ATTR_ACMODTIME
+_ALL_ATTRS_LAYOUT = struct.Struct(">IQ8xI4xI")  # flags, size, (uid, gid), mode, (atime), mtime
+
+
+def _parse_attrs(body: bytes, pos: int) -> tuple[RemoteStat, int]:
+    """SFTP v3 attributes at ``pos``; and the position after them."""
+    flags = _U32.unpack_from(body, pos)[0]
+    if flags == _ALL_ATTRS:  # what OpenSSH sends: one fixed layout
+        _, size, mode, mtime = _ALL_ATTRS_LAYOUT.unpack_from(body, pos)
+        return RemoteStat(mode, size, mtime), pos + 32
+    pos += 4
+    size = mode = mtime = 0
+    if flags & _ATTR_SIZE:
+        size = struct.unpack_from(">Q", body, pos)[0]
+        pos += 8
+    if flags & _ATTR_UIDGID:
+        pos += 8
+    if flags & _ATTR_PERMISSIONS:
+        mode = _U32.unpack_from(body, pos)[0]
+        pos += 4
+    if flags & _ATTR_ACMODTIME:
+        mtime = _U32.unpack_from(body, pos + 4)[0]
+        pos += 8
+    if flags & _ATTR_EXTENDED:
+        extended = _U32.unpack_from(body, pos)[0]
+        pos += 4
+        for _ in range(2 * extended):
+            pos = _get_str(body, pos)[1]
+    if pos > len(body):
+        raise IndexError("attributes beyond the packet")
+    return RemoteStat(mode, size, mtime), pos
+
+
+def _parse_names(body: bytes) -> Listing:
+    count = _U32.unpack_from(body)[0]
+    pos = 4
+    out: Listing = []
+    unpack = _U32.unpack_from
+    for _ in range(count):
+        length = unpack(body, pos)[0]
+        name = body[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        pos += 4 + unpack(body, pos)[0]  # longname, "ls -l" style: unused
+        st, pos = _parse_attrs(body, pos)
+        if name != b"." and name != b"..":
+            out.append((name, st))
+    if pos > len(body):
+        raise IndexError("names beyond the packet")
+    return out
+
+
+def _convert(cmd: int, kind: int, body: bytes, path: str) -> Reply:
+    """One reply's payload (after its id) as a Reply; raises SFTPError for a wrong reply type."""
+    if kind == CMD_STATUS:
+        code = _U32.unpack_from(body)[0]
+        if code == SFTP_OK:
+            if _REPLY_KIND.get(cmd) is not None:
+                raise paramiko.SFTPError(f"status OK where data was expected for {path!r}")
+            return None
+        if code == SFTP_EOF:
+            return EOF
+        text = _get_str(body, 4)[0].decode("utf-8", "replace") if len(body) >= 8 else ""
+        if code == SFTP_NO_SUCH_FILE:
+            return OSError(errno.ENOENT, text or "No such file", path)
+        if code == SFTP_PERMISSION_DENIED:
+            return OSError(errno.EACCES, text or "Permission denied", path)
+        return _path_error(OSError(text), path)
+    if kind != _REPLY_KIND.get(cmd):
+        raise paramiko.SFTPError(f"unexpected reply type {kind} for {path!r}")
+    if kind in (CMD_HANDLE, CMD_DATA):
+        return _get_str(body, 0)[0]
+    if kind == CMD_ATTRS:
+        return _parse_attrs(body, 0)[0]
+    if cmd == CMD_READDIR:
+        return _parse_names(body)
+    # CMD_NAME, for READLINK
+    if _U32.unpack_from(body)[0] != 1:
+        return OSError(errno.EINVAL, "not a symbolic link", path)
+    raw = _get_str(body, 4)[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _decoded(name: bytes, st: RemoteStat) -> tuple[str | bytes, RemoteStat]:
+    try:
+        return name.decode("utf-8"), st
+    except UnicodeDecodeError:
+        return name, st
+
+
 class SFTPFS:
     """Remote file operations by absolute (or login-relative) server path."""
 
@@ -374,6 +816,7 @@ class SFTPFS:
         self._client = client
         self.label = label
         self._request_sizes: tuple[int, int] | None = None
+        self._open_handles = DEFAULT_OPEN_HANDLES
 
     # ---- plumbing -----------------------------------------------------------
     def _alive(self) -> bool:
@@ -388,6 +831,14 @@ class SFTPFS:
 
     def has_extension(self, name: str) -> bool:
         return name in getattr(self._client, "extensions", {})
+
+    def requests(self) -> Requests:
+        """A new set of pipelined requests on this session (see ``Requests``)."""
+        return Requests(self)
+
+    def alive(self) -> bool:
+        """Whether the session can still carry requests."""
+        return self._alive()
 
     # ---- reading --------------------------------------------------------------
     def lstat(self, path: str) -> RemoteStat:
@@ -409,6 +860,63 @@ class SFTPFS:
                 out.append((name.decode("utf-8"), attr))
             except UnicodeDecodeError:
                 out.append((name, attr))
+        return out
+
+    def listdirs(self, paths: list[str]) -> list[list[tuple[str | bytes, RemoteStat]] | OSError]:
+        """``listdir`` of many directories, many in flight at once; failures are returned in place.
+
+        Each directory is opened, read with READDIRs sent ahead (more while
+        it keeps giving entries) and closed; at most ``open_handles`` are
+        open at a time.
+        """
+        req = self.requests()
+        window = min(LISTDIR_WINDOW, self.open_handles)
+        out: list[list[tuple[str | bytes, RemoteStat]] | OSError] = [[] for _ in paths]
+        raw: list[Listing] = [[] for _ in paths]
+        handles: list[bytes] = [b""] * len(paths)
+        ahead = [0] * len(paths)  # READDIRs in flight per directory
+        ended = [False] * len(paths)
+        opened = busy = 0  # directories started; holding a handle (until its CLOSE is answered)
+        while True:
+            while opened < len(paths) and busy < window:
+                req.send_opendir(paths[opened], opened, CMD_OPENDIR)
+                opened += 1
+                busy += 1
+            if not req.in_flight:
+                break
+            for i, what, reply in req.take():
+                if what == CMD_CLOSE:
+                    busy -= 1
+                    continue
+                if what == CMD_OPENDIR:
+                    if isinstance(reply, OSError):
+                        out[i] = reply
+                        busy -= 1
+                        continue
+                    assert isinstance(reply, bytes)
+                    handles[i] = reply
+                    wanted = 2
+                else:
+                    ahead[i] -= 1
+                    if isinstance(reply, list):
+                        raw[i].extend(reply)
+                    elif isinstance(reply, OSError):
+                        if not isinstance(out[i], OSError):
+                            out[i] = reply
+                        ended[i] = True
+                    else:  # EOF: the listing is complete
+                        ended[i] = True
+                    # while the directory keeps giving entries, keep more READDIRs in flight
+                    wanted = 0 if ended[i] else min(2, READDIR_AHEAD_MAX - ahead[i])
+                path = paths[i]
+                for _ in range(wanted):
+                    req.send_readdir(handles[i], path, i, CMD_READDIR)
+                    ahead[i] += 1
+                if ended[i] and not ahead[i]:
+                    req.send_close(handles[i], path, i, CMD_CLOSE)
+                    if not isinstance(out[i], OSError):
+                        out[i] = [_decoded(name, st) for name, st in raw[i]]
+                    raw[i] = []
         return out
 
     def _listdir_raw(self, path: str) -> list[tuple[bytes, RemoteStat]]:
@@ -546,6 +1054,7 @@ class SFTPFS:
         """(read, write) request sizes, from OpenSSH's limits extension when offered."""
         if self._request_sizes is None:
             sizes = (BASE_REQUEST, BASE_REQUEST)
+            handles = 0
             if self.has_extension(LIMITS):
                 with self._op("(limits)"):
                     kind, msg = self._client._request(CMD_EXTENDED, LIMITS)
@@ -556,8 +1065,22 @@ class SFTPFS:
                         min(max_read, MAX_REQUEST) if max_read >= BASE_REQUEST else BASE_REQUEST,
                         min(max_write, MAX_REQUEST) if max_write >= BASE_REQUEST else BASE_REQUEST,
                     )
+                    if len(msg.get_remainder()) >= 8:
+                        announced = msg.get_int64()  # 0: no limit
+                        handles = max(1, announced // 2) if announced else MAX_OPEN_HANDLES
             self._request_sizes = sizes
+            self._open_handles = min(handles, MAX_OPEN_HANDLES) if handles else DEFAULT_OPEN_HANDLES
         return self._request_sizes
+
+    @property
+    def open_handles(self) -> int:
+        """How many files (or directories) a batch may hold open on the server at once.
+
+        Half of what the server announces (its file descriptor limit), at
+        most MAX_OPEN_HANDLES; DEFAULT_OPEN_HANDLES when it announces nothing.
+        """
+        self._limits()
+        return self._open_handles
 
     def posix_rename(self, src: str, dst: str) -> None:
         """Rename ``src`` to ``dst``, atomically replacing a file or link at ``dst``.
