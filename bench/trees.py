@@ -53,6 +53,8 @@ def case_specs(scale: float) -> dict[str, CaseSpec]:
         "c": CaseSpec("c", "100k files of 0-200 B in 1000 dirs", n(100_000, 20), n(1000), 0, 200, 103),
         "d": CaseSpec("d", "one 1 GiB file, 16 scattered 100 B in-place edits", 1, 1, big, big, 104, "inplace"),
         "e": CaseSpec("e", "one 1 GiB file, 100 B insertion near the start", 1, 1, big, big, 104, "insert"),
+        # not part of the default set: the memory check of issue 4 (a 1M-file tree must sync)
+        "m": CaseSpec("m", "1M files of 0-200 B in 10k dirs", n(1_000_000, 20), n(10_000), 0, 200, 105),
     }
 
 
