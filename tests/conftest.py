@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -67,6 +69,25 @@ def agent_endpoint_factory(sshd: SSHD) -> Iterator[Callable[..., AgentEndpoint]]
     yield make
     for endpoint in opened:
         endpoint.close()
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Marks paths immutable (chattr +i: refuses writes, renames and deletes even to root),
+    undone at the end; fails in CI where chattr is missing, skips loudly elsewhere."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"chattr +i failed: {proc.stderr.strip()}")
+            pytest.skip(f"SKIPPED LOUDLY: chattr +i is not available here ({proc.stderr.strip()})")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

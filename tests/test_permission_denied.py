@@ -7,9 +7,7 @@ immutable attribute (chattr +i), which refuses writes, renames and deletes even 
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +16,6 @@ import reliability_report as report
 from helpers import make_tree, remote_job, run, tree_state
 
 from srsync.jobspec import Location
-
-
-@pytest.fixture
-def immutable(tmp_path: Path) -> Iterator[Any]:
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            if os.environ.get("CI"):
-                pytest.fail(f"chattr +i failed: {proc.stderr.strip()}")
-            pytest.skip(f"SKIPPED LOUDLY: chattr +i is not available here ({proc.stderr.strip()})")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 @pytest.mark.parametrize("how", ["local", "helper", "sftp"])

@@ -230,22 +230,6 @@ def test_a_directory_in_the_way_fails_only_its_own_step(sftp_endpoint_factory: M
     assert not leftovers(piped) and not leftovers(single)
 
 
-@pytest.fixture
-def immutable() -> Iterator[Callable[[Path], None]]:
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            if os.environ.get("CI"):
-                pytest.fail(f"chattr +i failed: {proc.stderr.strip()}")
-            pytest.skip(f"SKIPPED LOUDLY: chattr +i is not available here ({proc.stderr.strip()})")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
-
 
 def test_a_read_only_directory_in_the_middle(
     sftp_endpoint_factory: Make, tmp_path: Path, immutable: Callable[[Path], None]

@@ -1118,15 +1118,19 @@ class Agent:
                         self._guard_at(dfd, final, None, rel)
                 else:
                     self._guard_at(dfd, final, expected, rel)
-            try:
-                os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except IsADirectoryError:
-                # rename(2) never replaces a directory with a file
-                raise CallFailed(errno.EISDIR, "a directory is in the way", self._shown(rel)) from None
+            self._rename_in(dfd, tmp, final, rel)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+
+    def _rename_in(self, dfd: int | None, tmp: bytes, final: bytes, rel: str) -> None:
+        """Rename ``tmp`` over ``final`` inside directory ``dfd``; a directory in the way is EISDIR."""
+        try:
+            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except IsADirectoryError:
+            # rename(2) never replaces a directory with a file
+            raise CallFailed(errno.EISDIR, "a directory is in the way", self._shown(rel)) from None
 
     def op_write(self, rid: int, args: list[Any], raw: bytes) -> None:
         """Start a streamed upload: DATA frames follow, then END (or ABORT)."""
@@ -1301,10 +1305,7 @@ class Agent:
                 final = prefix + name
                 if guard is not None:
                     self._guard_at(dfd, final, guard[0], rel)
-                try:
-                    os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-                except IsADirectoryError:
-                    raise CallFailed(errno.EISDIR, "a directory is in the way", self._shown(rel)) from None
+                self._rename_in(dfd, tmp, final, rel)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)

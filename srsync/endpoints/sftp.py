@@ -704,6 +704,16 @@ class _StepOp(_Op):
         self.link: Reply = None
         self.attrs: tuple[int | None, int | None] = (None, None)
 
+    def _dated_entry(self) -> Entry | None:
+        """The step's entry, or None after finishing the step when SFTP cannot store its mtime."""
+        entry = self.step.entry
+        assert entry is not None
+        bad = _bad_mtime(entry, self.step.path)
+        if bad is not None:
+            self.finish(bad)
+            return None
+        return entry
+
     @property
     def aborting(self) -> bool:
         return self.flight.aborting
@@ -868,11 +878,8 @@ class _WriteOp(_StepOp):
     __slots__ = ()
 
     def start(self) -> None:
-        entry = self.step.entry
-        assert entry is not None
-        bad = _bad_mtime(entry, self.step.path)
-        if bad is not None:
-            self.finish(bad)
+        entry = self._dated_entry()
+        if entry is None:
             return
         self.make_tmp()
         self.phase = _OPENED
@@ -1039,11 +1046,8 @@ class _MetaOp(_StepOp):
     __slots__ = ()
 
     def start(self) -> None:
-        entry = self.step.entry
-        assert entry is not None
-        bad = _bad_mtime(entry, self.step.path)
-        if bad is not None:
-            self.finish(bad)
+        entry = self._dated_entry()
+        if entry is None:
             return
         if self.step.guarded:
             self.phase = _GUARD
