@@ -103,7 +103,15 @@ def run_job(
     state: StateDB | None = None
     status: StatusReporter | None = None
     try:
-        state = StateDB(sdir)
+        try:
+            state = StateDB(sdir)
+        except sqlite3.Error as exc:
+            # e.g. a full disk or no free inodes: one line, nothing synced, nothing changed
+            msg = f"cannot open the state database in {sdir}: {exc} (is the disk full?)"
+            result.error = msg
+            result.exit_code = errors.EXIT_FAILURE
+            reporter.message(job.name, msg)
+            return result
         status = _open_status(sdir)
         rep: Reporter = FanoutReporter(reporter, status) if status is not None else reporter
         for target, key in zip(job.targets, target_keys(job), strict=True):
