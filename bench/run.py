@@ -238,6 +238,10 @@ class Bench:
                     order = ["srsync", "rsync"]
                     if (p_index + d_index + rep) % 2:
                         order.reverse()
+                    if spec.name == "m":
+                        # srsync's memory check only: a third copy of a million files
+                        # exhausts tmpfs inodes (rsync then fails with exit 23)
+                        order = ["srsync"]
                     for tool in order:
                         if tool == "srsync":
                             argv = self.srsync_argv(direction, src, dst[tool], name)
@@ -321,7 +325,9 @@ class Cell:
     @property
     def wire(self) -> float | None:
         wires = [r.wire for r in self.runs]
-        return None if any(w is None for w in wires) else _median([float(w or 0) for w in wires])
+        if not wires or any(w is None for w in wires):
+            return None
+        return _median([float(w or 0) for w in wires])
 
     def time_text(self) -> str:
         if not self.runs:
