@@ -438,22 +438,7 @@ class AgentEndpoint(Endpoint):
         guard: list[Any] | None,
     ) -> Entry:
         call = client.call("write", [self._rel(path), mode & 0o7777, mtime_ns, guard])
-        try:
-            for block in chunks:
-                client.data(call, block)
-                early = client.failed_early(call)
-                if early is not None:
-                    raise early
-        except BaseException:
-            # the source failed (or the helper refused): drop the temporary file
-            with contextlib.suppress(OSError, ConnectError):
-                client.abort(call)
-                client.result(call)
-            raise
-        client.end(call)
-        entry = entry_from_json(client.result(call).meta["e"])
-        assert entry is not None
-        return entry
+        return _upload(client, call, chunks)
 
     def mkdir(self, path: RelPath, mode: int) -> None:
         self._client.result(self._client.call("mkdir", [self._rel(path), mode & 0o7777, None]))
@@ -718,29 +703,7 @@ class AgentEndpoint(Endpoint):
     ) -> Entry:
         client = self._client
         call = client.call("patch", [self._rel(path), mode & 0o7777, mtime_ns, [entry_to_json(expected)]])
-        try:
-            pending: list[bytes] = []
-            size = 0
-            for piece in encode_ops(ops):
-                pending.append(piece)
-                size += len(piece)
-                if size >= CHUNK:
-                    client.data(call, b"".join(pending))
-                    pending, size = [], 0
-                    early = client.failed_early(call)
-                    if early is not None:
-                        raise early
-            if pending:
-                client.data(call, b"".join(pending))
-        except BaseException:
-            with contextlib.suppress(OSError, ConnectError):
-                client.abort(call)
-                client.result(call)
-            raise
-        client.end(call)
-        entry = entry_from_json(client.result(call).meta["e"])
-        assert entry is not None
-        return entry
+        return _upload(client, call, _coalesce(encode_ops(ops), CHUNK))
 
     # ---- lifetime ------------------------------------------------------
     def close(self) -> None:
@@ -752,6 +715,43 @@ class AgentEndpoint(Endpoint):
         self._extra.clear()
         if self._owns_conn:
             self._conn.close()
+
+
+def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes]) -> Entry:
+    """Stream ``blocks`` as DATA of an upload call, then END; returns the installed entry.
+
+    Any failure (of the source, or the helper refusing early) aborts the call,
+    which drops the helper's temporary file, and is raised.
+    """
+    try:
+        for block in blocks:
+            client.data(call, block)
+            early = client.failed_early(call)
+            if early is not None:
+                raise early
+    except BaseException:
+        with contextlib.suppress(OSError, ConnectError):
+            client.abort(call)
+            client.result(call)
+        raise
+    client.end(call)
+    entry = entry_from_json(client.result(call).meta["e"])
+    assert entry is not None
+    return entry
+
+
+def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Join small pieces into blocks of at least ``size`` bytes (the last may be smaller)."""
+    pending: list[bytes] = []
+    have = 0
+    for piece in pieces:
+        pending.append(piece)
+        have += len(piece)
+        if have >= size:
+            yield b"".join(pending)
+            pending, have = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _kind_char(kind: Kind) -> str:

@@ -321,18 +321,7 @@ class Endpoint(abc.ABC):
         with self.open_read(path) as f:
             fd = _fileno(f)
             for off, length in ranges:
-                if fd is not None:
-                    yield os.pread(fd, length, off)
-                    continue
-                f.seek(off)
-                parts: list[bytes] = []
-                while length > 0:
-                    got = f.read(length)
-                    if not got:
-                        break
-                    parts.append(got)
-                    length -= len(got)
-                yield b"".join(parts)
+                yield _read_at(f, fd, off, length)
 
     def delta_ops(self, path: RelPath, size: int, sig: Signature) -> Generator[DeltaOp, None, Entry | None]:
         """Delta ops turning the file ``sig`` describes into this endpoint's ``path``.
@@ -359,17 +348,7 @@ class Endpoint(abc.ABC):
             fd = _fileno(basis)
 
             def pread(offset: int, length: int) -> bytes:
-                if fd is not None:
-                    return _pread_all(fd, offset, length)
-                basis.seek(offset)
-                parts: list[bytes] = []
-                while length > 0:
-                    block = basis.read(length)
-                    if not block:
-                        break
-                    parts.append(block)
-                    length -= len(block)
-                return b"".join(parts)
+                return _read_at(basis, fd, offset, length)
 
             token = None if fd is None else (lambda: basis_token(os.fstat(fd)))
             try:
@@ -402,6 +381,22 @@ def _fileno(f: object) -> int | None:
     except (OSError, ValueError, io.UnsupportedOperation):
         return None
     return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _read_at(f: BinaryIO, fd: int | None, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file): by pread
+    on ``fd`` when the file object has a descriptor, else by seek and read."""
+    if fd is not None:
+        return _pread_all(fd, offset, length)
+    f.seek(offset)
+    parts: list[bytes] = []
+    while length > 0:
+        got = f.read(length)
+        if not got:
+            break
+        parts.append(got)
+        length -= len(got)
+    return b"".join(parts)
 
 
 def _pread_all(fd: int, offset: int, length: int) -> bytes:
