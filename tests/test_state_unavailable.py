@@ -14,7 +14,9 @@ def test_unopenable_state_database_is_one_line_and_changes_nothing(tmp_path: Pat
     make_tree(tmp_path / "m", {"a": b"x", "d/b": b"y"})
     state = tmp_path / "state"
     (state / "state.db").mkdir(parents=True)  # sqlite cannot open a directory as its file
-    env = {**os.environ, "SRSYNC_STATE_DIR": str(state)}
+    repo = str(Path(__file__).resolve().parent.parent)  # the code under test, wherever installed
+    env = {**os.environ, "SRSYNC_STATE_DIR": str(state),
+           "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-m", "srsync", "manual", "-M", str(tmp_path / "m"), "-T", str(tmp_path / "t")],
         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,

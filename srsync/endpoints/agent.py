@@ -253,12 +253,15 @@ class AgentEndpoint(Endpoint):
         python: str = "python3",
         owns_connection: bool = False,
         streams: int = STREAMS,
+        client: AgentClient | None = None,
     ) -> None:
+        """``client``: a helper already started on ``conn`` with ``python`` (see
+        EndpointPool.prestart); the endpoint owns it from here on."""
         self._conn = conn
         self._owns_conn = owns_connection
         self._python = python
         self._streams = max(1, streams)
-        self._client = self._start()
+        self._client = client if client is not None else self._start()
         try:
             self.root = self._client.result(self._client.call("root", [root])).meta["root"]
         except BaseException:

@@ -15,14 +15,15 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from srsync.endpoints.base import Endpoint
-from srsync.endpoints.local import LocalEndpoint
 from srsync.jobspec import ConnSpec, Location
 
 if TYPE_CHECKING:
+    from srsync.agent.client import AgentClient
+    from srsync.endpoints.base import Endpoint
     from srsync.ssh.connection import SSHConnection
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ def helper_python(setting: str | None = None) -> str | None:
 class EndpointPool:
     """Owns the SSH connections behind the endpoints it opens; close() releases them.
 
-    ``helper`` overrides ``$SRSYNC_HELPER`` (same values).
+    ``helper`` overrides ``$SRSYNC_HELPER`` (same values).  prestart() begins a
+    connection, and the helper on it, in the background before any endpoint is asked
+    for: a one-shot run calls it first, so that the imports and the local scan that
+    follow overlap the handshake and the remote interpreter's start.
     """
 
     def __init__(self, helper: str | None = None, cache_dir: Path | None = None) -> None:
@@ -55,23 +59,75 @@ class EndpointPool:
         self._python = helper_python(helper)
         # connections (by id) whose server could not start the helper
         self._no_helper: set[int] = set()
-        # where the interpreters that served the helper are remembered (see _open_remote)
+        # where the interpreters that served the helper are remembered (see _start_helper)
         self._cache = None if cache_dir is None else cache_dir / HELPER_CACHE
+        # prestart(): connections still being opened, helpers started ahead (by connection id)
+        self._connecting: dict[ConnSpec, Future[SSHConnection]] = {}
+        self._spare: dict[int, Future[tuple[AgentClient, str] | None]] = {}
+        self._closed = False
+
+    def prestart(self, spec: ConnSpec) -> None:
+        """Start connecting to ``spec`` and the helper on it, in a daemon thread.
+
+        Nothing is reported from here: the endpoint asked for later gets the same
+        connection, or raises the same error the connection attempt raised.
+        """
+        with self._lock:
+            if spec in self._conns or spec in self._connecting:
+                return
+            conn_future: Future[SSHConnection] = Future()
+            self._connecting[spec] = conn_future
+
+        def work() -> None:
+            try:
+                conn = self._connect(spec)
+            except BaseException as exc:  # raised again to whoever asks for the endpoint
+                conn_future.set_exception(exc)
+                return
+            helper: Future[tuple[AgentClient, str] | None] = Future()
+            with self._lock:
+                if not self._closed and self._python is not None:
+                    self._spare[id(conn)] = helper
+            conn_future.set_result(conn)
+            try:
+                started = self._start_helper(conn) if self._python is not None else None
+            except BaseException as exc:
+                helper.set_exception(exc)
+                return
+            with self._lock:
+                keep = not self._closed and self._spare.get(id(conn)) is helper
+            if started is not None and not keep:
+                started[0].close()
+                started = None
+            helper.set_result(started)
+
+        threading.Thread(target=work, name=f"prestart-{spec.host}", daemon=True).start()
 
     def connection(self, spec: ConnSpec) -> SSHConnection:
         with self._lock:
             conn = self._conns.get(spec)
             if conn is not None and conn.transport_alive():
                 return conn
+            pending = self._connecting.pop(spec, None)
+        if pending is not None:
+            return pending.result()  # the prestarted connection, or its error
+        return self._connect(spec)
+
+    def _connect(self, spec: ConnSpec) -> SSHConnection:
         from srsync.ssh.connection import connect
 
         conn = connect(spec)
         with self._lock:
             self._conns[spec] = conn
+            closed = self._closed
+        if closed:
+            conn.close()
         return conn
 
     def open(self, loc: Location) -> Endpoint:
         if loc.conn is None:
+            from srsync.endpoints.local import LocalEndpoint
+
             ep: Endpoint = LocalEndpoint(loc.path)
         else:
             ep = self._open_remote(self.connection(loc.conn), loc.path)
@@ -79,32 +135,45 @@ class EndpointPool:
         return ep
 
     def _open_remote(self, conn: SSHConnection, path: str) -> Endpoint:
-        if self._python is not None and id(conn) not in self._no_helper:
-            from srsync.endpoints.agent import AgentEndpoint, HelperUnavailable
+        with self._lock:
+            spare = self._spare.pop(id(conn), None)
+        started = spare.result() if spare is not None else self._start_helper(conn)
+        if started is not None:
+            from srsync.endpoints.agent import AgentEndpoint
 
-            # ``python3`` on a server is often a wrapper (a pyenv shim, a version
-            # manager) that costs more than the interpreter's own start: the helper
-            # reports the real interpreter, which later runs start directly, falling
-            # back to the plain command when it is gone.
-            cached = self._cached_python(conn.label) if self._python == DEFAULT_PYTHON else None
-            for python in ([cached] if cached else []) + [self._python]:
-                try:
-                    ep = AgentEndpoint(conn, path, python=python)
-                except HelperUnavailable as exc:
-                    if python == cached and exc.not_found:
-                        continue  # the remembered interpreter is gone: the plain command next
-                    with self._lock:
-                        self._no_helper.add(id(conn))
-                    log.info("%s: %s; using SFTP", conn.label, exc)
-                    break
-                if self._python == DEFAULT_PYTHON:
-                    real = str(ep.helper_info.get("executable") or "")
-                    if real != (cached or "") and (real.startswith("/") or cached):
-                        self._remember_python(conn.label, real if real.startswith("/") else "")
-                return ep
+            client, python = started
+            return AgentEndpoint(conn, path, python=python, client=client)
         from srsync.endpoints.sftp import SFTPEndpoint
 
         return SFTPEndpoint(conn, path)
+
+    def _start_helper(self, conn: SSHConnection) -> tuple[AgentClient, str] | None:
+        """A helper running on ``conn`` and the python command that runs it; None: use SFTP."""
+        if self._python is None or id(conn) in self._no_helper:
+            return None
+        from srsync.agent.client import HelperUnavailable, start_client
+
+        # ``python3`` on a server is often a wrapper (a pyenv shim, a version manager)
+        # that costs more than the interpreter's own start: the helper reports the real
+        # interpreter, which later runs start directly, falling back to the plain
+        # command when it is gone.
+        cached = self._cached_python(conn.label) if self._python == DEFAULT_PYTHON else None
+        for python in ([cached] if cached else []) + [self._python]:
+            try:
+                client = start_client(conn.open_command, conn.label, conn.io_timeout, python)
+            except HelperUnavailable as exc:
+                if python == cached and exc.not_found:
+                    continue  # the remembered interpreter is gone: the plain command next
+                with self._lock:
+                    self._no_helper.add(id(conn))
+                log.info("%s: %s; using SFTP", conn.label, exc)
+                return None
+            if self._python == DEFAULT_PYTHON:
+                real = str(client.info.get("executable") or "")
+                if real != (cached or "") and (real.startswith("/") or cached):
+                    self._remember_python(conn.label, real if real.startswith("/") else "")
+            return client, python
+        return None
 
     def _read_cache(self) -> dict[str, str]:
         if self._cache is None:
@@ -142,8 +211,14 @@ class EndpointPool:
                 ep.close()
         self._endpoints.clear()
         with self._lock:
+            self._closed = True
             conns = list(self._conns.values())
             self._conns.clear()
+            spares = list(self._spare.values())
+            self._spare.clear()
+        for spare in spares:  # helpers started ahead that no endpoint took
+            if spare.done() and spare.exception() is None and (started := spare.result()) is not None:
+                started[0].close()
         for conn in conns:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -153,3 +228,39 @@ class EndpointPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Pools whose connections a one-shot run started before loading the engine (warm_up),
+# by (job name, target name), until the runner takes them (take_pool).
+_warm: dict[tuple[str, str], EndpointPool] = {}
+_warm_lock = threading.Lock()
+
+
+def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]) -> None:
+    """Begin connecting ``specs`` for ``target`` of ``job`` (see EndpointPool.prestart)."""
+    if not specs:
+        return
+    pool = EndpointPool(cache_dir=cache_dir)
+    for spec in dict.fromkeys(specs):
+        pool.prestart(spec)
+    with _warm_lock:
+        old = _warm.pop((job, target), None)
+        _warm[(job, target)] = pool
+    if old is not None:
+        old.close()
+
+
+def take_pool(job: str, target: str, cache_dir: Path | None) -> EndpointPool:
+    """The pool warm_up started for ``target`` of ``job``, else a new one."""
+    with _warm_lock:
+        pool = _warm.pop((job, target), None)
+    return pool if pool is not None else EndpointPool(cache_dir=cache_dir)
+
+
+def drop_warm() -> None:
+    """Close the connections of every pool warm_up started and no run took."""
+    with _warm_lock:
+        pools = list(_warm.values())
+        _warm.clear()
+    for pool in pools:
+        pool.close()

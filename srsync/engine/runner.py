@@ -13,7 +13,7 @@ from pathlib import Path
 
 from srsync import errors
 from srsync.endpoints.base import Endpoint
-from srsync.endpoints.registry import EndpointPool
+from srsync.endpoints.registry import EndpointPool, take_pool
 from srsync.engine.lock import JobLock
 from srsync.engine.reporter import Reporter
 from srsync.engine.session import (
@@ -125,7 +125,7 @@ def run_job(
                 _safe(status.target_started, job.name, key, options.dry_run)
             done: list[PairResult] = []
             try:
-                with EndpointPool(cache_dir=sdir) as pool:
+                with take_pool(job.name, target.name, sdir) as pool:
                     for pair in target.pairs:
                         res = _run_pair(job, target.name, pair, pool, rep, state, options, stop)
                         done.append(res)

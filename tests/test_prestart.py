@@ -1,0 +1,102 @@
+"""Connections (and their helpers) started ahead of the run: used once, errors kept, never leaked."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers import make_tree
+from sshd import SSHD, free_port
+
+from srsync.core.ignore import IgnoreRules
+from srsync.endpoints import registry
+from srsync.endpoints.agent import AgentEndpoint
+from srsync.endpoints.registry import EndpointPool, drop_warm, take_pool, warm_up
+from srsync.jobspec import Location
+from srsync.ssh.connection import connect
+from srsync.errors import ConnectError, HostKeyError
+
+
+def _wait(cond: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_prestarted_connection_and_helper_serve_the_endpoint(sshd: SSHD, tmp_path: Path) -> None:
+    make_tree(tmp_path / "root", {"a": b"x", "d/b": b"yy"})
+    spec = sshd.conn_spec()
+    with EndpointPool(cache_dir=tmp_path) as pool:
+        pool.prestart(spec)
+        pool.prestart(spec)  # a second call for the same host starts nothing more
+        _wait(lambda: any(f.done() for f in pool._spare.values()))
+        (spare,) = pool._spare.values()
+        started = spare.result()
+        assert started is not None
+        ep = pool.open(Location(str(tmp_path / "root"), spec))
+        assert isinstance(ep, AgentEndpoint)
+        assert ep._client is started[0]  # the helper started ahead, not a new one
+        assert len(pool._conns) == 1 and not pool._spare
+        assert set(ep.scan(IgnoreRules()).entries) == {"a", "d", "d/b"}
+        # a second endpoint on the same host shares the connection, with its own helper
+        other = pool.open(Location(str(tmp_path / "root" / "d"), spec))
+        assert isinstance(other, AgentEndpoint) and other._client is not ep._client
+        assert other.connection is ep.connection
+        assert set(other.scan(IgnoreRules()).entries) == {"b"}
+
+
+def test_open_raises_the_error_of_the_prestarted_attempt(sshd: SSHD, tmp_path: Path) -> None:
+    closed = sshd.conn_spec(port=free_port(), timeout=3.0)
+    with pytest.raises(ConnectError) as direct:
+        connect(closed)
+    with EndpointPool() as pool:
+        pool.prestart(closed)
+        with pytest.raises(ConnectError) as ahead:
+            pool.open(Location("/tmp", closed))
+    assert str(ahead.value) == str(direct.value)
+    assert "\n" not in str(ahead.value)
+
+
+def test_unknown_host_key_is_refused_ahead_too(sshd: SSHD, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    spec = sshd.conn_spec(known_hosts=str(empty))
+    with EndpointPool() as pool:
+        pool.prestart(spec)
+        with pytest.raises(HostKeyError):
+            pool.open(Location(str(tmp_path), spec))
+    assert empty.read_text() == ""  # strict: nothing learned
+
+
+def test_closing_while_a_prestart_runs_leaves_nothing_open(sshd: SSHD, tmp_path: Path) -> None:
+    spec = sshd.conn_spec()
+    pool = EndpointPool()
+    pool.prestart(spec)
+    pending = pool._connecting[spec]
+    pool.close()  # before the handshake has finished
+    conn = pending.result(timeout=10)
+    _wait(lambda: not conn.transport_alive())
+    assert not pool._spare
+
+
+def test_warm_pool_is_taken_once_and_unclaimed_ones_are_closed(sshd: SSHD, tmp_path: Path) -> None:
+    spec = sshd.conn_spec()
+    make_tree(tmp_path / "root", {"f": b"1"})
+    warm_up("job", "t1", tmp_path, [spec])
+    warm_up("job", "t2", tmp_path, [spec, spec])
+    warm_up("job", "t3", tmp_path, [])  # nothing remote: no pool
+    assert set(registry._warm) == {("job", "t1"), ("job", "t2")}
+    unclaimed = registry._warm[("job", "t2")]
+    taken = take_pool("job", "t1", tmp_path)
+    with taken:
+        ep = taken.open(Location(str(tmp_path / "root"), spec))
+        assert set(ep.scan(IgnoreRules()).entries) == {"f"}
+    fresh = take_pool("job", "t1", tmp_path)  # taken already: a new, empty pool
+    assert fresh is not taken and not fresh._connecting
+    fresh.close()
+    conn = unclaimed._connecting[spec].result(timeout=10)
+    drop_warm()
+    assert not registry._warm
+    _wait(lambda: not conn.transport_alive())
