@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import runpy
 import shutil
@@ -37,6 +38,12 @@ def child(out: str, argv: list[str]) -> int:
             prof.disable()
 
     threading.Thread.run = run  # type: ignore[method-assign]
+
+    def exit_with_stats(code: int) -> None:
+        # srsync ends with os._exit (no interpreter teardown); here the stats come first
+        raise SystemExit(code)
+
+    os._exit = exit_with_stats  # type: ignore[assignment]
     main = cProfile.Profile()
     sys.argv = ["srsync", *argv]
     code = 0

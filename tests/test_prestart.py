@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import make_tree
+from helpers import make_tree, tree_state
 from sshd import SSHD, free_port
 
 from srsync.core.ignore import IgnoreRules
 from srsync.endpoints import registry
 from srsync.endpoints.agent import AgentEndpoint
-from srsync.endpoints.registry import EndpointPool, drop_warm, take_pool, warm_up
+from srsync.endpoints.registry import HELPER_CACHE, EndpointPool, drop_warm, take_pool, warm_up
+from srsync.errors import ConnectError, HostKeyError
 from srsync.jobspec import Location
 from srsync.ssh.connection import connect
-from srsync.errors import ConnectError, HostKeyError
+
+REPO = str(Path(__file__).resolve().parent.parent)
 
 
 def _wait(cond: object, timeout: float = 10.0) -> None:
@@ -45,6 +50,37 @@ def test_prestarted_connection_and_helper_serve_the_endpoint(sshd: SSHD, tmp_pat
         assert isinstance(other, AgentEndpoint) and other._client is not ep._client
         assert other.connection is ep.connection
         assert set(other.scan(IgnoreRules()).entries) == {"b"}
+
+
+def test_endpoint_asked_for_at_once_waits_for_the_prestarted_helper(sshd: SSHD, tmp_path: Path) -> None:
+    make_tree(tmp_path / "root", {"a": b"x"})
+    spec = sshd.conn_spec()
+    with EndpointPool() as pool:
+        pool.prestart(spec)
+        ep = pool.open(Location(str(tmp_path / "root"), spec))  # while connecting
+        assert isinstance(ep, AgentEndpoint)  # the helper, not the SFTP fallback
+        assert len(pool._conns) == 1
+        assert set(ep.scan(IgnoreRules()).entries) == {"a"}
+
+
+def test_cli_run_uses_the_helper_started_ahead(sshd: SSHD, tmp_path: Path) -> None:
+    """srsync manual to the sshd: the run's remote side is the helper (its interpreter
+    gets remembered), not the SFTP fallback."""
+    make_tree(tmp_path / "m", {"f": b"1", "d/g": b"22"})
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "global.toml").write_text(
+        f'known_hosts = "{sshd.known_hosts}"\nssh_config = "{sshd.ssh_config}"\nuse_agent = false\n'
+        f'key = "{sshd.key_path}"\nuser = "{sshd.user}"\nport = {sshd.port}\n')
+    env = {**os.environ, "SRSYNC_STATE_DIR": str(tmp_path / "state"),
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "srsync", "manual", "--conf-dir", str(conf), "-H", sshd.host,
+         "--remote", "target", "-M", str(tmp_path / "m"), "-T", str(tmp_path / "t")],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert tree_state(tmp_path / "m") == tree_state(tmp_path / "t")
+    assert (tmp_path / "state" / HELPER_CACHE).exists()  # written only by a helper start
 
 
 def test_open_raises_the_error_of_the_prestarted_attempt(sshd: SSHD, tmp_path: Path) -> None:

@@ -95,8 +95,8 @@ class EndpointPool:
                 helper.set_exception(exc)
                 return
             with self._lock:
-                keep = not self._closed and self._spare.get(id(conn)) is helper
-            if started is not None and not keep:
+                closed = self._closed  # else the helper is kept, whether or not taken yet
+            if started is not None and closed:
                 started[0].close()
                 started = None
             helper.set_result(started)
