@@ -117,7 +117,9 @@ class _Half(asyncio.Protocol):
         if data:
             peer.transport.write(data)
         elif peer.transport.can_write_eof():
-            peer.transport.write_eof()
+            # the peer may have gone meanwhile (a client that exits at once): nothing to pass on
+            with contextlib.suppress(OSError):
+                peer.transport.write_eof()
 
     def flush_buffer(self) -> None:
         for data in self.buffer:

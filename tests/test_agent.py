@@ -355,6 +355,46 @@ def test_parallel_upload_of_a_big_file(
     assert os.listdir(dst) == ["big"]
 
 
+def test_parallel_upload_failures_install_nothing(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source failing after some stripes went out, and a helper refusing a stripe: the
+    error is raised, the temporary file goes away, the old file stays, and the endpoint
+    (with its extra channels) serves the next file."""
+    monkeypatch.setattr(agent_mod, "PARALLEL_MIN", 1024 * 1024)
+    monkeypatch.setattr(agent_mod, "PARALLEL_RTT", 0.0)
+    monkeypatch.setattr(agent_mod, "STRIPE", 256 * 1024)
+    (tmp_path / "big").write_bytes(b"old")
+    ep = agent_endpoint_factory(str(tmp_path), streams=4)
+    entry = Entry(Kind.FILE, size=4 * 1024 * 1024, mode=0o644, mtime_ns=10**18)
+
+    def failing() -> Iterator[bytes]:
+        for _ in range(6):
+            yield os.urandom(256 * 1024)
+        raise OSError("source vanished")
+
+    old = ep.stat("big")
+    step = Step(StepKind.WRITE, "big", old, entry, chunks=failing())
+    (result,) = list(ep.apply_steps([step]))
+    assert isinstance(result, OSError) and "source vanished" in str(result)
+    assert sorted(os.listdir(tmp_path)) == ["big"] and (tmp_path / "big").read_bytes() == b"old"
+
+    # a file that grew past its scanned size: the stripes beyond it are never installed
+    grown = [os.urandom(256 * 1024) for _ in range(17)]
+    step = Step(StepKind.WRITE, "big", old, entry, chunks=iter(grown))
+    (result,) = list(ep.apply_steps([step]))
+    assert isinstance(result, OSError) and "changed while being read" in str(result)
+    assert sorted(os.listdir(tmp_path)) == ["big"] and (tmp_path / "big").read_bytes() == b"old"
+
+    data = os.urandom(entry.size)
+    pieces = iter([data[i : i + 100_000] for i in range(0, len(data), 100_000)])
+    step = Step(StepKind.WRITE, "big", old, entry, chunks=pieces)
+    (result,) = list(ep.apply_steps([step]))
+    assert isinstance(result, Entry) and result.size == entry.size
+    assert (tmp_path / "big").read_bytes() == data and sorted(os.listdir(tmp_path)) == ["big"]
+    assert len(ep._extra) == 3
+
+
 def test_streamed_write_failure_removes_temp(agent_endpoint_factory: AgentFactory, tmp_path: Path) -> None:
     ep = agent_endpoint_factory(str(tmp_path))
 

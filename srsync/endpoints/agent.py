@@ -21,6 +21,7 @@ import contextlib
 import errno
 import gc
 import io
+import queue
 import sys
 import threading
 from collections import deque
@@ -59,7 +60,7 @@ BATCH_DEPTH_STEPS = 8  # batch calls in flight (bounded memory: depth x BATCH_BY
 INLINE = 1024 * 1024  # files up to this size travel in one frame
 PARALLEL_MIN = 64 * 1024 * 1024  # files at least this big are pushed over several channels
 STRIPE = 8 * 1024 * 1024
-STREAMS = 4  # channels for one big upload (OpenSSH's 2 MiB window caps each at 2 MiB/RTT)
+STREAMS = 6  # channels for one big upload (OpenSSH's 2 MiB window caps each at 2 MiB/RTT)
 # Below this round trip one channel is not window-bound, and extra helper
 # processes only compete for CPU (measured: slower on loopback).
 PARALLEL_RTT = 0.005
@@ -593,46 +594,97 @@ class AgentEndpoint(Endpoint):
             return exc
 
     # ---- several channels for one big file --------------------------------
-    def _helpers(self, wanted: int) -> list[AgentClient]:
-        """The main helper plus up to ``wanted - 1`` extra ones (fewer if the server refuses)."""
+    def _start_extra(self) -> AgentClient | None:
+        """One more helper on its own channel, or None once the server refuses (MaxSessions)."""
+        if self._extra_refused or self._closed:
+            return None
+        try:
+            helper = self._start()
+            helper.result(helper.call("root", [self.root]))
+        except (HelperUnavailable, ConnectError, OSError):
+            self._extra_refused = True  # fewer streams then
+            return None
         with self._extra_lock:
-            while len(self._extra) < wanted - 1 and not self._extra_refused:
-                try:
-                    helper = self._start()
-                    helper.result(helper.call("root", [self.root]))
-                except (HelperUnavailable, ConnectError, OSError):
-                    self._extra_refused = True  # MaxSessions reached: fewer streams
-                    break
-                self._extra.append(helper)
-            return [self._client, *self._extra[: wanted - 1]]
+            if self._closed:
+                helper.close()
+                return None
+            self._extra.append(helper)
+        return helper
 
     def _parallel_write(
         self, path: RelPath, chunks: Iterable[bytes], entry: Entry, guard: list[Any] | None
     ) -> Entry:
         """Stripes of one file go out on several channels into one temporary file, then one rename.
 
-        The source is read in order here (it may be a stream); stripes are
-        handed to channel threads through a bounded queue.
+        The source is read in order here (it may be a stream) and cut into stripes that
+        a pump thread per helper takes from one bounded queue.  A pump sends its next
+        stripe before the helper has confirmed the previous one, so no channel idles for
+        a round trip between stripes.  Helpers missing for the wanted number of streams
+        are started alongside and join as soon as they are up (the first big file does
+        not wait for them).
         """
-        helpers = self._helpers(self._streams)
         rel = self._rel(path)
         tmp = self._client.result(self._client.call("pw_open", [rel, entry.size])).meta["tmp"]
+        with self._extra_lock:
+            helpers = [self._client, *self._extra[: self._streams - 1]]
+        missing = 0 if self._extra_refused else self._streams - len(helpers)
+        work: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=self._streams)
+        fed = threading.Event()  # every stripe is in the queue
+        failed: list[BaseException] = []
         committed = False
+
+        def pump(helper: AgentClient) -> None:
+            sent: deque[Call] = deque()
+            try:
+                while not failed:
+                    try:
+                        offset, data = work.get(timeout=0.05)
+                    except queue.Empty:
+                        if fed.is_set():
+                            break
+                        continue
+                    call = helper.call("pw_range", [rel, tmp, offset])
+                    helper.data(call, data)
+                    helper.end(call)
+                    sent.append(call)
+                    while len(sent) > 1:  # one stripe unconfirmed while the next goes out
+                        helper.result(sent.popleft())
+                while sent:
+                    helper.result(sent.popleft())
+            except BaseException as exc:
+                failed.append(exc)
+
+        def join_when_up(pool: ThreadPoolExecutor) -> None:
+            helper = self._start_extra()
+            if helper is not None and not fed.is_set() and not failed:
+                pool.submit(pump, helper)
+
+        offset = 0
         try:
-            with ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="agent-up") as pool:
-                free: deque[AgentClient] = deque(helpers)
-                running: deque[tuple[Any, AgentClient]] = deque()
-                offset = 0
-                for stripe in _stripes(chunks, STRIPE):
-                    if not free:
-                        future, helper = running.popleft()
-                        future.result()
-                        free.append(helper)
-                    helper = free.popleft()
-                    running.append((pool.submit(_send_range, helper, rel, tmp, offset, stripe), helper))
-                    offset += len(stripe)
-                for future, _ in running:
-                    future.result()
+            with ThreadPoolExecutor(
+                max_workers=len(helpers) + 2 * missing, thread_name_prefix="agent-up"
+            ) as pool:
+                for helper in helpers:
+                    pool.submit(pump, helper)
+                for _ in range(missing):
+                    pool.submit(join_when_up, pool)
+                try:
+                    for stripe in _stripes(chunks, STRIPE):
+                        while not failed:
+                            try:
+                                work.put((offset, stripe), timeout=0.05)
+                                break
+                            except queue.Full:
+                                continue
+                        if failed:
+                            break
+                        offset += len(stripe)
+                except BaseException as exc:
+                    failed.append(exc)
+                finally:
+                    fed.set()
+            if failed:
+                raise failed[0]
             if offset != entry.size:
                 raise OSError(errno.EAGAIN, "changed while being read; will retry next run", path)
             meta = self._client.result(
@@ -712,10 +764,12 @@ class AgentEndpoint(Endpoint):
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        for helper in [self._client, *self._extra]:
+        with self._extra_lock:
+            self._closed = True
+            helpers = [self._client, *self._extra]
+            self._extra.clear()
+        for helper in helpers:
             helper.close()
-        self._extra.clear()
         if self._owns_conn:
             self._conn.close()
 
@@ -781,12 +835,6 @@ def _stripes(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     if have:
         yield b"".join(pending)
 
-
-def _send_range(helper: AgentClient, rel: str, tmp: str, offset: int, data: bytes) -> None:
-    call = helper.call("pw_range", [rel, tmp, offset])
-    helper.data(call, data)
-    helper.end(call)
-    helper.result(call)
 
 
 def open_agent_endpoint(

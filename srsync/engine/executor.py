@@ -121,16 +121,21 @@ class Executor:
                 dest.remove(op.path, op.expected.kind)
         elif op.kind is OpKind.COPY:
             assert op.entry is not None
-            self._keep_replaced(op, dest)
-            transfer_file(src, dest, op.path, op.entry, self.job, self.reporter)
+            kept = self._keep_replaced(op, dest)
+            # unless the old version was just kept aside, ``current`` is what is there now
+            transfer_file(src, dest, op.path, op.entry, self.job, self.reporter,
+                          dest_known=not kept, dest_now=current)
         elif op.kind is OpKind.LINK:
             assert op.entry is not None and op.entry.target is not None
             self._keep_replaced(op, dest)
             dest.symlink(op.path, op.entry.target)
 
-    def _keep_replaced(self, op: Operation, dest: Endpoint) -> None:
+    def _keep_replaced(self, op: Operation, dest: Endpoint) -> bool:
+        """Keep the version ``op`` replaces in the trash; whether there was one to keep."""
         if self.trash is not None and op.expected is not None and op.expected.kind is not Kind.DIR:
             self.trash.keep_replaced(dest, op.side, op.path, op.expected)
+            return True
+        return False
 
     @staticmethod
     def _check(op: Operation, current: Entry | None) -> None:

@@ -103,16 +103,18 @@ def delta_eligible(src: Endpoint, dest: Endpoint, size: int) -> bool:
 
 
 def transfer_file(
-    src: Endpoint, dest: Endpoint, path: str, entry: Entry, job: str, reporter: Reporter
+    src: Endpoint, dest: Endpoint, path: str, entry: Entry, job: str, reporter: Reporter,
+    *, dest_known: bool = False, dest_now: Entry | None = None,
 ) -> Entry:
     """Install the source's ``path`` at the destination atomically (temp + rename).
 
     A big file that the destination already holds in an older version goes
     as a delta (only changed regions cross the wire); everything else is
-    streamed whole.
+    streamed whole.  ``dest_known``: the caller has just looked, and ``dest_now``
+    is what is at ``path`` on the destination (saves a round trip).
     """
     if delta_eligible(src, dest, entry.size):
-        current = dest.stat(path)
+        current = dest_now if dest_known else dest.stat(path)
         if current is not None and current.kind is Kind.FILE and current.size >= DELTA_MIN:
             return transfer_delta(src, dest, path, entry, current, job, reporter)
     if entry.size <= SMALL_FILE:
