@@ -137,11 +137,10 @@ def _warm_up(jobs: list[JobSpec]) -> None:
         return
     import srsync.ssh.connection  # noqa: F401  (CPU-bound: first, before anything competes)
     from srsync.endpoints.registry import warm_up
-    from srsync.engine.state import default_state_dir
+    from srsync.engine.state import state_dir_for
 
     for job, target_name, specs in todo:
-        state_dir = Path(job.state_dir) if job.state_dir else default_state_dir()
-        warm_up(job.name, target_name, state_dir, specs)
+        warm_up(job.name, target_name, state_dir_for(job), specs)
 
 
 def run_daemon(

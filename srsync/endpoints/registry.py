@@ -90,7 +90,7 @@ class EndpointPool:
                     self._spare[id(conn)] = helper
             conn_future.set_result(conn)
             try:
-                started = self._start_helper(conn) if self._python is not None else None
+                started = self._start_helper(conn)
             except BaseException as exc:
                 helper.set_exception(exc)
                 return

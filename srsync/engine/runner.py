@@ -25,7 +25,7 @@ from srsync.engine.session import (
     PairSession,
     SyncOptions,
 )
-from srsync.engine.state import StateDB, default_state_dir
+from srsync.engine.state import StateDB, state_dir_for
 from srsync.engine.status import (
     DISABLED,
     FanoutReporter,
@@ -42,10 +42,6 @@ class JobResult:
     pairs: list[PairResult] = field(default_factory=list)
     error: str = ""
     exit_code: int = errors.EXIT_OK
-
-
-def state_dir_for(job: JobSpec) -> Path:
-    return Path(job.state_dir) if job.state_dir else default_state_dir()
 
 
 def _pair_exit(outcome: str) -> int:

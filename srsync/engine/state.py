@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, parent
+
+if TYPE_CHECKING:
+    from srsync.jobspec import JobSpec
 
 SCHEMA_VERSION = 1
 
@@ -104,6 +108,11 @@ def default_state_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir("srsync"))
+
+
+def state_dir_for(job: JobSpec) -> Path:
+    """The folder holding ``job``'s state: its own ``state_dir``, else the default."""
+    return Path(job.state_dir) if job.state_dir else default_state_dir()
 
 
 @dataclass(frozen=True, slots=True)
