@@ -157,8 +157,12 @@ def test_unreachable_host_backs_off_and_recovers(sshd: Any, tmp_path: Path, daem
                         if r.outcome == "failed" and r.started >= fail_since - 1)
         # backoff: 1s-interval schedule, retries every >= 2s once capped; never a busy loop
         assert 2 <= len(failed) <= 4, failed
-        st = d.status("push")
-        assert st is not None and st.state == "error" and "refused" in st.last_error
+        # between retries the status row says "error"; a retry under way briefly says
+        # "scanning", so wait for the row rather than reading it at one instant
+        st = d.wait_for("error status between retries",
+                        lambda: (s := d.status("push")) and s.state == "error" and s,
+                        timeout=6)
+        assert "refused" in st.last_error
         assert st.next_run > time.time() - 0.5
         (tmp_path / "m/new").write_bytes(b"after the outage")
     finally:
