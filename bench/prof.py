@@ -72,7 +72,9 @@ def main() -> int:
 
     p = argparse.ArgumentParser(prog="bench/prof.py", description=__doc__)
     p.add_argument("--case", default="b", choices=list("abcde"))
-    p.add_argument("--direction", default="push", choices=["push", "pull"])
+    p.add_argument("--direction", default="push", choices=["push", "pull", "two-way"],
+                   help="two-way: One2One with the local side as mirror (the data set, untouched: the "
+                   "remote side starts empty)")
     p.add_argument("--phase", default="cold", choices=["cold", "nochange", "edit"])
     p.add_argument("--size-scale", type=float, default=1.0)
     p.add_argument("--rtt-ms", type=float, default=0.0)
@@ -95,7 +97,7 @@ def main() -> int:
             src = base / "src"
             copy_tree(pristine, src)
         dst, state = base / "dst", base / "state"
-        argv = bench.srsync_argv(args.direction, src, dst, "bench-prof")
+        argv = bench.srsync_argv(args.direction, src, dst, "bench-prof", args.direction == "two-way")
         env = bench.env(state)
         if args.phase != "cold":  # bring the target up to date first, unprofiled
             run_measured(argv, env, bench.log, bench.args.timeout)

@@ -395,6 +395,110 @@ def test_parallel_upload_failures_install_nothing(
     assert len(ep._extra) == 3
 
 
+def _force_striping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_mod, "PARALLEL_MIN", 1024 * 1024)
+    monkeypatch.setattr(agent_mod, "PARALLEL_RTT", 0.0)  # loopback: force the striped path
+    monkeypatch.setattr(agent_mod, "STRIPE", 256 * 1024)
+
+
+def test_big_uploads_back_to_back_overlap_and_answer_in_order(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big files in a row share the pumps; one whose source fails and one whose name was
+    taken meanwhile fail alone, in their places; the small step after the run and the big
+    one after that still go; no temporary file is left."""
+    _force_striping(monkeypatch)
+    ep = agent_endpoint_factory(str(tmp_path), streams=3)
+    size = 1024 * 1024 + 77
+    datas = {name: os.urandom(size) for name in ("b1", "b2", "b4", "b6")}
+    (tmp_path / "taken").write_bytes(b"was here first")
+
+    def entry(i: int) -> Entry:
+        return Entry(Kind.FILE, size=size, mode=0o640, mtime_ns=T0 + i)
+
+    def pieces(data: bytes) -> Iterator[bytes]:
+        return iter([data[i : i + 100_000] for i in range(0, len(data), 100_000)])
+
+    def failing() -> Iterator[bytes]:
+        yield os.urandom(300_000)
+        raise OSError("source vanished")
+
+    steps = [
+        Step(StepKind.WRITE, "b1", None, entry(1), True, chunks=pieces(datas["b1"])),
+        Step(StepKind.WRITE, "b2", None, entry(2), True, chunks=pieces(datas["b2"])),
+        Step(StepKind.WRITE, "b3", None, entry(3), True, chunks=failing()),
+        Step(StepKind.WRITE, "taken", None, entry(4), True, chunks=pieces(os.urandom(size))),
+        Step(StepKind.WRITE, "b4", None, entry(5), True, chunks=pieces(datas["b4"])),
+        Step(StepKind.WRITE, "small", None, Entry(Kind.FILE, size=5, mode=0o600, mtime_ns=T0), True,
+             data=b"small"),
+        Step(StepKind.WRITE, "b6", None, entry(7), True, chunks=pieces(datas["b6"])),
+    ]
+    results = list(ep.apply_steps(steps))
+    assert len(results) == len(steps)
+    for i in (0, 1, 4, 6):
+        got = results[i]
+        assert isinstance(got, Entry) and got.size == size and got.mtime_ns == steps[i].entry.mtime_ns  # type: ignore[union-attr]
+    assert isinstance(results[2], OSError) and "source vanished" in str(results[2])
+    assert isinstance(results[3], OSError)
+    assert results[5] is None
+    for name, data in datas.items():
+        assert (tmp_path / name).read_bytes() == data
+        assert (tmp_path / name).stat().st_mode & 0o7777 == 0o640
+    assert (tmp_path / "taken").read_bytes() == b"was here first"
+    assert (tmp_path / "small").read_bytes() == b"small"
+    assert sorted(os.listdir(tmp_path)) == ["b1", "b2", "b4", "b6", "small", "taken"]
+    assert len(ep._extra) == 2
+
+
+def test_big_uploads_abandoned_midway_leave_no_temp(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that stops taking results (a stop request) gets no half file and no temp
+    files; the endpoint serves the next upload."""
+    _force_striping(monkeypatch)
+    ep = agent_endpoint_factory(str(tmp_path), streams=3)
+    size = 2 * 1024 * 1024
+    steps = (Step(StepKind.WRITE, f"f{i}", None, Entry(Kind.FILE, size=size, mode=0o644, mtime_ns=T0), True,
+                  chunks=iter([os.urandom(size)])) for i in range(5))
+    results = ep.apply_steps(steps)
+    first = next(results)
+    assert isinstance(first, Entry)
+    results.close()  # type: ignore[attr-defined]
+    names = sorted(os.listdir(tmp_path))
+    assert names[0] == "f0" and all(n in ("f0", "f1", "f2") for n in names), names
+    for name in names:
+        assert (tmp_path / name).stat().st_size == size
+    data = os.urandom(size)
+    step = Step(StepKind.WRITE, "again", None, Entry(Kind.FILE, size=size, mode=0o644, mtime_ns=T0), True,
+                chunks=iter([data]))
+    (result,) = list(ep.apply_steps([step]))
+    assert isinstance(result, Entry) and (tmp_path / "again").read_bytes() == data
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_sync_of_new_big_files_goes_striped(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    """Through apply_operations: new big files are one run of streamed steps, an update of a
+    big file still goes through the executor (delta), and the trees end up equal."""
+    _force_striping(monkeypatch)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, {f"d/big{i}": os.urandom(1024 * 1024 + i) for i in range(4)} | {"d/small": b"s"})
+    dst.mkdir()
+    remote = agent_endpoint_factory(str(dst if direction == "push" else src), streams=3)
+    local = LocalEndpoint(str(src if direction == "push" else dst))
+    alpha, beta = (local, remote) if direction == "push" else (remote, local)
+    outcomes = sync(alpha, beta)
+    assert outcomes and all(o is None for _, o in outcomes), outcomes
+    assert tree(dst) == tree(src)
+    with open(src / "d/big2", "r+b") as f:
+        f.seek(1000)
+        f.write(b"edited")
+    outcomes = sync(alpha, beta)
+    assert "d/big2" in [p for p, _ in outcomes] and all(o is None for _, o in outcomes), outcomes
+    assert tree(dst) == tree(src)
+
+
 def test_streamed_write_failure_removes_temp(agent_endpoint_factory: AgentFactory, tmp_path: Path) -> None:
     ep = agent_endpoint_factory(str(tmp_path))
 

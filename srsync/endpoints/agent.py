@@ -21,12 +21,11 @@ import contextlib
 import errno
 import gc
 import io
-import queue
+import itertools
 import sys
 import threading
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, cast
 
@@ -44,6 +43,7 @@ from srsync.endpoints.base import (
     StepKind,
 )
 from srsync.endpoints.hashing import digest_chunks
+from srsync.endpoints.striped import StripedUploads, _Part
 from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh.connection import SSHConnection, connect
@@ -480,7 +480,8 @@ class AgentEndpoint(Endpoint):
 
         Small steps are packed into ``batch`` calls (one JSON header and one
         answer per batch instead of per file); a streamed big file waits for
-        everything before it, then goes on its own.
+        everything before it, then goes on its own, or, on a slow link, striped
+        over several channels together with the big files right after it.
         """
         client = self._client
         inflight: deque[tuple[Call, int]] = deque()
@@ -504,49 +505,60 @@ class AgentEndpoint(Endpoint):
 
         write_kind = StepKind.WRITE
         rel_of = self._rel
-        for step in steps:
-            data = step.data
-            if step.kind is write_kind and data is not None and len(data) <= INLINE:
-                # the common case of a push, inlined: a small file in the batch frame
-                entry = step.entry
-                assert entry is not None
-                if step.guarded:
-                    expected = step.expected
-                    guard: list[Any] | None = [None if expected is None else entry_to_json(expected)]
-                else:
-                    guard = None
-                size = len(data)
-                batch.append(["put", [rel_of(step.path), entry.mode & 0o7777, entry.mtime_ns, guard], size])
-                if size:
-                    raws.append(data)
-                    batch_bytes += size
+        pending: Iterator[Step] = iter(steps)
+        while True:
+            resume: Step | None = None  # the step after a run of striped uploads
+            for step in pending:
+                data = step.data
+                if step.kind is write_kind and data is not None and len(data) <= INLINE:
+                    # the common case of a push, inlined: a small file in the batch frame
+                    entry = step.entry
+                    assert entry is not None
+                    if step.guarded:
+                        expected = step.expected
+                        guard: list[Any] | None = [None if expected is None else entry_to_json(expected)]
+                    else:
+                        guard = None
+                    size = len(data)
+                    batch.append(["put", [rel_of(step.path), entry.mode & 0o7777, entry.mtime_ns, guard], size])
+                    if size:
+                        raws.append(data)
+                        batch_bytes += size
+                    if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
+                        send_batch()
+                        while len(inflight) > BATCH_DEPTH_STEPS:
+                            yield from collect()
+                    continue
+                try:
+                    request = self._step_request(step)
+                except OSError as exc:
+                    send_batch()
+                    while inflight:
+                        yield from collect()
+                    yield exc
+                    continue
+                if request is None:  # a streamed big file: everything before it first
+                    send_batch()
+                    while inflight:
+                        yield from collect()
+                    if self._goes_striped(step):
+                        resume = yield from self._striped_run(step, pending)
+                        if resume is not None:
+                            break
+                        continue
+                    yield self._big_write(step)
+                    continue
+                op, args, raw = request
+                batch.append([op, args, len(raw)])
+                raws.append(raw)
+                batch_bytes += len(raw)
                 if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
                     send_batch()
                     while len(inflight) > BATCH_DEPTH_STEPS:
                         yield from collect()
-                continue
-            try:
-                request = self._step_request(step)
-            except OSError as exc:
-                send_batch()
-                while inflight:
-                    yield from collect()
-                yield exc
-                continue
-            if request is None:  # a streamed big file: everything before it first
-                send_batch()
-                while inflight:
-                    yield from collect()
-                yield self._big_write(step)
-                continue
-            op, args, raw = request
-            batch.append([op, args, len(raw)])
-            raws.append(raw)
-            batch_bytes += len(raw)
-            if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
-                send_batch()
-                while len(inflight) > BATCH_DEPTH_STEPS:
-                    yield from collect()
+            if resume is None:
+                break
+            pending = itertools.chain((resume,), pending)
         send_batch()
         while inflight:
             yield from collect()
@@ -587,8 +599,6 @@ class AgentEndpoint(Endpoint):
         guard = [entry_to_json(step.expected)] if step.guarded else None
         chunks: Iterable[bytes] = step.chunks if step.chunks is not None else [step.data or b""]
         try:
-            if entry.size >= PARALLEL_MIN and self._streams > 1 and self._client.rtt >= PARALLEL_RTT:
-                return self._parallel_write(step.path, chunks, entry, guard)
             return self._stream_write(self._client, step.path, chunks, entry.mode, entry.mtime_ns, guard)
         except OSError as exc:
             return exc
@@ -611,93 +621,66 @@ class AgentEndpoint(Endpoint):
             self._extra.append(helper)
         return helper
 
-    def _parallel_write(
-        self, path: RelPath, chunks: Iterable[bytes], entry: Entry, guard: list[Any] | None
-    ) -> Entry:
-        """Stripes of one file go out on several channels into one temporary file, then one rename.
+    def _goes_striped(self, step: Step) -> bool:
+        """Whether ``step`` is a big upload worth several channels (see srsync.endpoints.striped)."""
+        entry = step.entry
+        return (
+            step.kind is StepKind.WRITE
+            and entry is not None
+            and (step.chunks is not None or (step.data is not None and len(step.data) > INLINE))
+            and entry.size >= PARALLEL_MIN
+            and self._streams > 1
+            and self._client.rtt >= PARALLEL_RTT
+        )
 
-        The source is read in order here (it may be a stream) and cut into stripes that
-        a pump thread per helper takes from one bounded queue.  A pump sends its next
-        stripe before the helper has confirmed the previous one, so no channel idles for
-        a round trip between stripes.  Helpers missing for the wanted number of streams
-        are started alongside and join as soon as they are up (the first big file does
-        not wait for them).
-        """
-        rel = self._rel(path)
-        tmp = self._client.result(self._client.call("pw_open", [rel, entry.size])).meta["tmp"]
+    def _striped_run(
+        self, first: Step, rest: Iterator[Step]
+    ) -> Generator[Entry | None | OSError, None, Step | None]:
+        """Big uploads, ``first`` and those right after it in ``rest``, back to back over
+        several channels; yields their results in order and returns the first step
+        that is not one of them (None at the end of ``rest``)."""
         with self._extra_lock:
             helpers = [self._client, *self._extra[: self._streams - 1]]
         missing = 0 if self._extra_refused else self._streams - len(helpers)
-        work: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=self._streams)
-        fed = threading.Event()  # every stripe is in the queue
-        failed: list[BaseException] = []
-        committed = False
+        uploads = StripedUploads(self._client, helpers, missing, self._start_extra, self._streams, STRIPE)
 
-        def pump(helper: AgentClient) -> None:
-            sent: deque[Call] = deque()
-            try:
-                while not failed:
-                    try:
-                        offset, data = work.get(timeout=0.05)
-                    except queue.Empty:
-                        if fed.is_set():
-                            break
-                        continue
-                    call = helper.call("pw_range", [rel, tmp, offset])
-                    helper.data(call, data)
-                    helper.end(call)
-                    sent.append(call)
-                    while len(sent) > 1:  # one stripe unconfirmed while the next goes out
-                        helper.result(sent.popleft())
-                while sent:
-                    helper.result(sent.popleft())
-            except BaseException as exc:
-                failed.append(exc)
+        def queue_up(step: Step) -> _Part:
+            entry = step.entry
+            assert entry is not None
+            rel = self._rel(step.path)
+            guard = [entry_to_json(step.expected)] if step.guarded else None
+            return uploads.open(rel, step.path, entry.size, [entry.mode & 0o7777, entry.mtime_ns, guard])
 
-        def join_when_up(pool: ThreadPoolExecutor) -> None:
-            helper = self._start_extra()
-            if helper is not None and not fed.is_set() and not failed:
-                pool.submit(pump, helper)
+        def finished() -> Entry | OSError:
+            got = uploads.finish_oldest()
+            if isinstance(got, OSError):
+                return got
+            entry = entry_from_json(got["e"])
+            assert entry is not None
+            return entry
 
-        offset = 0
+        leftover: Step | None = None
         try:
-            with ThreadPoolExecutor(
-                max_workers=len(helpers) + 2 * missing, thread_name_prefix="agent-up"
-            ) as pool:
-                for helper in helpers:
-                    pool.submit(pump, helper)
-                for _ in range(missing):
-                    pool.submit(join_when_up, pool)
-                try:
-                    for stripe in _stripes(chunks, STRIPE):
-                        while not failed:
-                            try:
-                                work.put((offset, stripe), timeout=0.05)
-                                break
-                            except queue.Full:
-                                continue
-                        if failed:
-                            break
-                        offset += len(stripe)
-                except BaseException as exc:
-                    failed.append(exc)
-                finally:
-                    fed.set()
-            if failed:
-                raise failed[0]
-            if offset != entry.size:
-                raise OSError(errno.EAGAIN, "changed while being read; will retry next run", path)
-            meta = self._client.result(
-                self._client.call("pw_commit", [rel, tmp, offset, entry.mode & 0o7777, entry.mtime_ns, guard])
-            ).meta
-            committed = True
+            step: Step | None = first
+            part = queue_up(first)
+            while step is not None:
+                following = next(rest, None)
+                if following is not None and not self._goes_striped(following):
+                    leftover, following = following, None
+                # the next file's temporary copy is asked for before this one's stripes go out
+                next_part = queue_up(following) if following is not None else None
+                uploads.feed(part, step.chunks if step.chunks is not None else [step.data or b""])
+                uploads.send_commits()
+                while len(uploads.parts) > 2:
+                    yield finished()
+                step = following
+                if next_part is not None:
+                    part = next_part
+            while uploads.parts:
+                yield finished()
         finally:
-            if not committed:
-                with contextlib.suppress(OSError, ConnectError):
-                    self._client.result(self._client.call("pw_abort", [rel, tmp]))
-        result = entry_from_json(meta["e"])
-        assert result is not None
-        return result
+            uploads.close()
+        return leftover
 
     # ---- delta ---------------------------------------------------------
     def delta_algorithms(self) -> tuple[str, ...]:
@@ -817,24 +800,6 @@ def _kind_char(kind: Kind) -> str:
 
 def _item_error(meta: list[Any]) -> OSError:
     return call_error(meta)
-
-
-def _stripes(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a chunk stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    pending: list[bytes] = []
-    have = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        have += len(chunk)
-        while have >= size:
-            data = b"".join(pending)
-            yield data[:size]
-            rest = data[size:]
-            pending = [rest] if rest else []
-            have = len(rest)
-    if have:
-        yield b"".join(pending)
-
 
 
 def open_agent_endpoint(

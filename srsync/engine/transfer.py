@@ -298,8 +298,10 @@ def apply_operations(
     Runs of mkdir, small-file copy, link, remove and metadata operations on
     one side go to the destination as guarded Steps, which an endpoint with
     a remote helper keeps in flight many at a time; small source files are
-    read many per round trip.  Anything else (renames, big files, which may
-    go as deltas, and whatever ``batchable`` refuses, e.g. operations that
+    read many per round trip.  Runs of big files new at the destination go
+    as streamed guarded Steps too (a remote helper overlaps them on a slow
+    link).  Anything else (renames, big files that replace an old copy, which
+    may go as deltas, and whatever ``batchable`` refuses, e.g. operations that
     must first keep the old version in a trash folder) is applied by ``fallback`` (the executor's own per-op
     path; it raises OSError for a failure) in its place in the order.
     Stops early, between operations, when ``stop`` is set: operations not
@@ -307,21 +309,28 @@ def apply_operations(
     propagates; operations yielded before it are done.
     """
     run: list[Operation] = []
+    run_big = False  # the run is of new big files (streamed), not of small steps
     for op in ops:
         if stop.is_set():
             break
         big = op.kind is OpKind.COPY and op.entry is not None and op.entry.size > SMALL_FILE
-        step_ok = op.kind in _STEP_KINDS and not big and (batchable is None or batchable(op))
-        if step_ok and (not run or run[0].side == op.side):
+        step_ok = op.kind in _STEP_KINDS and (batchable is None or batchable(op))
+        # a big file that is new where it goes has no old copy to delta against:
+        # it streams as a guarded step, and back-to-back ones overlap (striped uploads)
+        big_new = big and step_ok and op.expected is None
+        step_ok = step_ok and (not big or big_new)
+        if step_ok and (not run or (run[0].side == op.side and run_big == big_new)):
             run.append(op)
+            run_big = big_new
             continue
         if run:
-            yield from _apply_run(run, alpha, beta, job, reporter, stop)
+            yield from (_apply_big_run if run_big else _apply_run)(run, alpha, beta, job, reporter, stop)
             run = []
             if stop.is_set():
                 break
         if step_ok:
             run.append(op)
+            run_big = big_new
             continue
         reporter.op_started(job, op)
         try:
@@ -331,7 +340,35 @@ def apply_operations(
         else:
             yield op, None
     if run and not stop.is_set():
-        yield from _apply_run(run, alpha, beta, job, reporter, stop)
+        yield from (_apply_big_run if run_big else _apply_run)(run, alpha, beta, job, reporter, stop)
+
+
+def _apply_big_run(
+    run: list[Operation],
+    alpha: Endpoint,
+    beta: Endpoint,
+    job: str,
+    reporter: Reporter,
+    stop: Event,
+) -> Iterator[tuple[Operation, Outcome]]:
+    """New big files on one side: each a guarded step (nothing may be at its name)
+    streaming its verified source; the destination may keep several in flight."""
+    dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
+    started: deque[Operation] = deque()
+
+    def steps() -> Iterator[Step]:
+        for op in run:
+            if stop.is_set():
+                return
+            entry = op.entry
+            assert entry is not None
+            reporter.op_started(job, op)
+            started.append(op)
+            chunks = verified_chunks(src, op.path, entry, job, reporter)
+            yield Step(StepKind.WRITE, op.path, None, entry, True, chunks=chunks)
+
+    for result in dest.apply_steps(steps()):
+        yield started.popleft(), result if isinstance(result, OSError) else None
 
 
 def _apply_run(
