@@ -152,6 +152,35 @@ def test_guarded_write_refused_when_the_target_changed_after_the_scan(
     assert not leftovers(root)
 
 
+def test_new_files_never_replace_what_took_their_names(sftp_endpoint_factory: Make, root: Path) -> None:
+    """A write that expects nothing at its name is installed by a rename that refuses to
+    replace (no guard round trip): a file, a directory or a symlink that appeared there,
+    before the batch or while the write was under way, stays, and the step says so."""
+    make_tree(root, {"target": b"t"})
+    ep = sftp_endpoint_factory(str(root))
+    names = ("file", "dir", "link", "racer", "free")
+    (root / "file").write_bytes(b"someone else's")
+    (root / "dir").mkdir()
+    (root / "link").symlink_to("target")
+
+    def steps() -> Iterator[Step]:
+        for name in names:
+            yield Step(StepKind.WRITE, name, None, new_entry(3, 1), data=b"new")
+            if name == "racer":  # admitted, its temporary file under way: now the name is taken
+                (root / "racer").write_bytes(b"first")
+
+    got = [outcome(r) for r in ep.apply_steps(steps())]
+    eagain = ("BlockingIOError", 11)
+    assert got == [eagain, eagain, eagain, eagain, (Kind.FILE, 3, (T + 1) * NS, 0o644)]
+    assert (root / "file").read_bytes() == b"someone else's" and (root / "dir").is_dir()
+    assert os.readlink(root / "link") == "target" and (root / "target").read_bytes() == b"t"
+    assert (root / "racer").read_bytes() == b"first" and (root / "free").read_bytes() == b"new"
+    assert not leftovers(root)
+    # the one-at-a-time path agrees
+    (root / "free").unlink()
+    assert [outcome(r) for r in Endpoint.apply_steps(ep, list(steps()))] == got
+
+
 def test_guards_of_the_other_kinds(sftp_endpoint_factory: Make, root: Path) -> None:
     make_tree(root, {"f": b"1", "g": b"2", "d": None, "l": "->t", "m": b"3"})
     ep = sftp_endpoint_factory(str(root))

@@ -49,6 +49,7 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_READLINK,
     CMD_REMOVE,
+    CMD_RENAME,
     CMD_RMDIR,
     CMD_SETSTAT,
     CMD_STAT,
@@ -642,6 +643,11 @@ class Requests:
     def send_posix_rename(self, src: str, dst: str, owner: Any, tag: int) -> None:
         """posix-rename@openssh.com (the caller checks ``has_extension(POSIX_RENAME)``); errors name ``dst``."""
         self._queue(CMD_EXTENDED, dst, _POSIX_RENAME + _str(src) + _str(dst), owner, tag)
+
+    def send_rename_new(self, src: str, dst: str, owner: Any, tag: int) -> None:
+        """Plain SSH_FXP_RENAME, which by the protocol fails where ``dst`` exists (OpenSSH:
+        link, then unlink): an install that never replaces anything.  Errors name ``dst``."""
+        self._queue(CMD_RENAME, dst, _str(src) + _str(dst), owner, tag)
 
     def send_lsetstat(self, path: str, mode: int | None, mtime: int | None, owner: Any, tag: int) -> None:
         """lsetstat@openssh.com (the caller checks ``has_extension(LSETSTAT)``)."""
