@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import make_tree
 from sshd import SSHD
 
 from srsync.core.ignore import IgnoreRules
 from srsync.endpoints.agent import AgentEndpoint
+from srsync.endpoints.local import LocalEndpoint
 from srsync.endpoints.registry import HELPER_CACHE, EndpointPool
 from srsync.jobspec import Location
 
@@ -59,3 +61,47 @@ def test_without_a_cache_folder_nothing_is_written(sshd: SSHD, tmp_path: Path) -
     with EndpointPool() as pool:
         assert _open(pool, loc)._python == "python3"
     assert not list(tmp_path.rglob(HELPER_CACHE))
+
+
+# ---- the helper's code: the client's bytecode when the remote python reads it ----------
+
+
+def _compile_shipped() -> None:
+    """Byte-compile the shipped modules as an install (or a first import) does."""
+    import importlib.util
+    import py_compile
+
+    import srsync.agent as agent_pkg
+
+    for name in agent_pkg.SHIPPED:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        py_compile.compile(spec.origin, doraise=True)
+
+
+@pytest.mark.parametrize("variant", ["bytecode", "other-magic", "no-bytecode"])
+def test_helper_uses_the_clients_bytecode_only_when_it_fits(
+    sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """Same magic number: the modules are not compiled on the server.  Another python
+    (other magic) or no bytecode at hand: the sources are, and the helper works alike."""
+    import importlib.util
+
+    import srsync.agent as agent_pkg
+
+    _compile_shipped()
+    magic = b"\x00\x01\r\n" if variant == "other-magic" else importlib.util.MAGIC_NUMBER
+    if variant == "no-bytecode":
+        monkeypatch.setattr(agent_pkg, "_compiled", lambda origin: None)
+    # built afresh (the real one is cached per process, maybe before the modules were compiled)
+    monkeypatch.setattr(agent_pkg, "_segments", lambda: agent_pkg._build(magic))
+    program, blob = agent_pkg._segments()
+    assert bool(blob) == (variant != "no-bytecode")
+    make_tree(tmp_path / "root", {"a": b"x", "d/b": b"y", "d/.srsyncignore": "b\n"})
+    with EndpointPool(cache_dir=tmp_path) as pool:
+        ep = _open(pool, Location(str(tmp_path / "root"), sshd.conn_spec()))
+        assert ep.helper_info["bytecode"] is (variant == "bytecode")
+        got = ep.scan(IgnoreRules.from_patterns(["a"]))  # rules travel and are applied there
+        assert set(got.entries) == {"d", "d/b", "d/.srsyncignore"}
+        local = LocalEndpoint(str(tmp_path / "root")).scan(IgnoreRules.from_patterns(["a"]))
+        assert got.ignore_files == local.ignore_files

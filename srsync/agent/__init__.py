@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import marshal
+import os
 import shlex
+import struct
 import zlib
 from pathlib import Path
 
@@ -26,14 +29,6 @@ import sys, types
 if sys.version_info < (3, 8):
     sys.stderr.write("srsync helper: python %s is too old (3.8+ needed)\\n" % sys.version.split()[0])
     sys.exit(TOO_OLD)
-if sys.version_info < (3, 10):
-    # the shipped sources use dataclass(slots=True) (3.10+); slots only save memory
-    import dataclasses
-    _dataclass = dataclasses.dataclass
-    def _compat(*args, **kwargs):
-        kwargs.pop("slots", None)
-        return _dataclass(*args, **kwargs)
-    dataclasses.dataclass = _compat
 if sys.flags.no_site:
     # started with -S (skips .pth processing, ~50 ms): the plain site-packages
     # directories still count, for the optional xxhash
@@ -44,6 +39,15 @@ if sys.flags.no_site:
                 sys.path.append(_dir)
     except Exception:
         pass
+# the same modules compiled by the client's python follow on stdin: used when this
+# python reads the same bytecode (saves compiling them here), else the sources are
+_codes = {}
+if CODES_SIZE:
+    _blob = sys.stdin.buffer.read(CODES_SIZE)
+    import _frozen_importlib_external
+    if _frozen_importlib_external.MAGIC_NUMBER == MAGIC:
+        import marshal, zlib
+        _codes = dict(marshal.loads(zlib.decompress(_blob)))
 for _name in ("srsync", "srsync.core", "srsync.agent"):
     _pkg = types.ModuleType(_name)
     _pkg.__path__ = []
@@ -52,23 +56,64 @@ for _name, _source in SOURCES:
     _mod = types.ModuleType(_name)
     _mod.__file__ = "<srsync-helper>/" + _name
     sys.modules[_name] = _mod
-    exec(compile(_source, _mod.__file__, "exec"), _mod.__dict__)
+    _code = _codes.get(_name)
+    if _code:
+        _mod.__cached__ = "<srsync-helper-bytecode>"
+    exec(marshal.loads(_code) if _code else compile(_source, _mod.__file__, "exec"), _mod.__dict__)
 sys.modules["srsync.agent.remote"].main()
 """
 
 
+def _compiled(origin: str) -> bytes | None:
+    """The marshalled module code of the source file ``origin`` from its up-to-date
+    ``__pycache__`` entry (written at install or first import), or None."""
+    try:
+        cached = importlib.util.cache_from_source(origin)
+        st = os.stat(origin)
+        with open(cached, "rb") as f:
+            data = f.read()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    # header: magic, flags (0: checked by source mtime and size), mtime, size
+    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER or data[4:8] != bytes(4):
+        return None
+    if data[8:16] != struct.pack("<II", int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF):
+        return None
+    return data[16:]
+
+
 @functools.lru_cache(maxsize=1)
-def payload() -> bytes:
-    """The compressed program the bootstrap reads from stdin and runs."""
+def _segments() -> tuple[bytes, bytes]:
+    """(the compressed program, the compressed bytecode of the shipped modules or b"")."""
+    return _build(importlib.util.MAGIC_NUMBER)
+
+
+def _build(magic: bytes) -> tuple[bytes, bytes]:
+    """``_segments``, the bytecode said to be for the python whose magic number is ``magic``."""
     sources = []
+    codes: list[tuple[str, bytes]] = []
     for name in SHIPPED:
         # the sources are read, not imported: the helper's own module is never run here
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.origin is not None
         sources.append((name, Path(spec.origin).read_text(encoding="utf-8")))
-    text = f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\n" + _LOADER
-    # level 6: a few KiB more than 9 on the wire, a fifth of the time on the critical path
-    return zlib.compress(text.encode("utf-8"), 6)
+        code = _compiled(spec.origin)
+        if code is not None:
+            codes.append((name, code))
+    # level 1: the bytecode is there to save time; level 6 for the program, a few KiB
+    # more than 9 on the wire, a fifth of the time on the critical path
+    blob = zlib.compress(marshal.dumps(codes), 1) if codes else b""
+    text = (
+        f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\nCODES_SIZE = {len(blob)}\n"
+        f"MAGIC = {magic!r}\n" + _LOADER
+    )
+    return zlib.compress(text.encode("utf-8"), 6), blob
+
+
+def payload() -> bytes:
+    """What the bootstrap reads from stdin: the compressed program, then the bytecode it may use."""
+    program, blob = _segments()
+    return program + blob
 
 
 def bootstrap_command(python: str = "python3") -> str:
@@ -77,7 +122,7 @@ def bootstrap_command(python: str = "python3") -> str:
     One line in double quotes without ``$`` or backquotes, so sh, bash, zsh,
     csh and fish all pass it through unchanged.
     """
-    size = len(payload())
+    size = len(_segments()[0])
     code = f"import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read({size})))"
     # -S: no site initialisation (.pth files); the loader adds site-packages itself
     return f'{shlex.quote(python)} -S -c "{code}"'

@@ -635,6 +635,8 @@ class Agent:
             # the interpreter itself (not a wrapper such as a pyenv shim): the client may
             # start it directly next time
             "executable": sys.executable or "",
+            # loaded from the client's bytecode, not compiled here (see srsync.agent)
+            "bytecode": globals().get("__cached__") == "<srsync-helper-bytecode>",
         }
         if version != PROTOCOL:
             self.send(FAIL, rid, [None, f"protocol {version!r} not supported (helper speaks {PROTOCOL})", ""])
