@@ -89,12 +89,14 @@ def execute_jobs(
     _warm_up(jobs)
     from srsync.engine.runner import combine_exit, run_jobs
     from srsync.engine.session import SyncOptions
-    from srsync.ui.console import ConsoleReporter, make_console, print_summary
+    from srsync.ui.console import ConsoleReporter, make_console, prepare_summary, print_summary
 
     console = make_console()
     if not jobs:
         console.print("no enabled jobs to run")
         raise typer.Exit(errors.EXIT_OK)
+    if not quiet:
+        prepare_summary(dry_run)
     stop = threading.Event()
     _install_stop_handlers(stop)
     started = time.time()

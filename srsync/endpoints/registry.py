@@ -66,6 +66,11 @@ class EndpointPool:
         self._spare: dict[int, Future[tuple[AgentClient, str] | None]] = {}
         self._closed = False
 
+    @property
+    def helper_enabled(self) -> bool:
+        """Whether remote sides are served by the helper where it can start (else SFTP)."""
+        return self._python is not None
+
     def prestart(self, spec: ConnSpec) -> None:
         """Start connecting to ``spec`` and the helper on it, in a daemon thread.
 
@@ -243,6 +248,11 @@ def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]
     pool = EndpointPool(cache_dir=cache_dir)
     for spec in dict.fromkeys(specs):
         pool.prestart(spec)
+    if pool.helper_enabled:
+        # build the helper's program now, while the handshake waits for the server
+        from srsync.agent import payload
+
+        payload()
     with _warm_lock:
         old = _warm.pop((job, target), None)
         _warm[(job, target)] = pool

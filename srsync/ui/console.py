@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -224,6 +225,15 @@ def conflicts_table(rows: list[tuple[str, str, str, str, str, str, float]]) -> T
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(detected))
         table.add_row(escape(job), escape(path), escape(reason), escape(mirror), escape(target), when)
     return table
+
+
+def prepare_summary(dry_run: bool) -> None:
+    """Draw an empty summary into nothing, in a daemon thread: rich imports the modules a
+    table needs on its first use (~15 ms), and a run waiting for its server has time."""
+    def draw() -> None:
+        Console(file=io.StringIO(), width=100).print(summary_table([], dry_run))
+
+    threading.Thread(target=draw, name="summary-prep", daemon=True).start()
 
 
 def print_summary(console: Console, results: list[JobResult], dry_run: bool, started: float) -> None:
