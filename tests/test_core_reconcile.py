@@ -141,3 +141,37 @@ def test_guard_max_delete(deleted: int, total: int, limit: float, trips: bool) -
     assert bool(halts) is trips
     if trips:
         assert halts[0].guard == "max-delete" and f"{deleted} of {total}" in halts[0].reason
+
+
+# ---- the cheap first test of the hot loops agrees with the comparator ---------------
+
+_values = {
+    "kind": list(Kind),
+    "size": [0, 5],
+    "mtime_ns": [10**18, 10**18 + 1, 10**18 + 10**9],
+    "mode": [0o644, 0o600],
+    "target": [None, "t"],
+    "digest": [None, "d1", "d2"],
+}
+
+
+def test_identical_entries_are_same_for_every_comparator() -> None:
+    """``_identical`` (inlined in the quiet-path loop) never says yes where ``diff``, with
+    any precision and options, says anything but SAME."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from srsync.core.reconcile import _identical
+
+    entry = st.builds(Entry, **{k: st.sampled_from(v) for k, v in _values.items()})
+    comparators = [Comparator(precision_ns=p, dir_mtime=d, compare_mode=m)
+                   for p in (1, 10**9) for d in (True, False) for m in (True, False)]
+
+    @settings(max_examples=400, deadline=None)
+    @given(o=entry, a=entry)
+    def check(o: Entry, a: Entry) -> None:
+        if _identical(o, a):
+            for cmp in comparators:
+                assert cmp.diff(o, a) is Diff.SAME, (o, a, cmp)
+
+    check()

@@ -102,16 +102,39 @@ def conflict_name(path: RelPath, side: str, stamp: str, taken: set[RelPath]) -> 
 def needs_digest(ancestor: Snapshot, alpha: Snapshot, beta: Snapshot, cmp: Comparator) -> list[RelPath]:
     """Files whose content must be hashed to tell a real conflict from an identical edit."""
     out = []
+    diff, same, file_kind = cmp.diff, Diff.SAME, Kind.FILE
+    get_b, get_o = beta.get, ancestor.get
     for path, a in alpha.items():
-        b = beta.get(path)
-        if b is None or not (a.is_file and b.is_file) or a.size != b.size:
+        b = get_b(path)
+        if b is None or a.kind is not file_kind or b.kind is not file_kind or a.size != b.size:
             continue
         if a.digest is not None and b.digest is not None:
             continue
-        o = ancestor.get(path)
-        if cmp.diff(o, a) is not Diff.SAME and cmp.diff(o, b) is not Diff.SAME:
+        o = get_o(path)
+        if o is not None and (  # unchanged on alpha: no conflict to tell apart (_identical, inlined)
+            a.mtime_ns == o.mtime_ns and a.size == o.size and a.mode == o.mode and a.kind is o.kind
+            and (a.digest == o.digest or a.digest is None or o.digest is None)
+        ):
+            continue
+        if diff(o, a) is not same and diff(o, b) is not same:
             out.append(path)
     return out
+
+
+def _identical(o: Entry, a: Entry) -> bool:
+    """Every compared field equal: ``Comparator.diff`` says SAME at any precision.
+
+    The cheap first test of the hot loops (most paths of a quiet tree pass it);
+    where it fails, ``diff`` decides.  Digests count only where both sides have one.
+    """
+    return (
+        a.mtime_ns == o.mtime_ns
+        and a.size == o.size
+        and a.mode == o.mode
+        and a.kind is o.kind
+        and a.target == o.target
+        and (a.digest == o.digest or a.digest is None or o.digest is None)
+    )
 
 
 def reconcile(
@@ -200,11 +223,21 @@ class _TwoWay:
         # Quiet paths without digests: a ~ ancestor ~ b by size, mtime and mode,
         # hence a ~ b, and the target's change list needn't compare them again.
         quiet: dict[RelPath, Entry] = {}
+        get_a, get_b = a_snap.get, b_snap.get
         for path, o in anc.items():
-            a = a_snap.get(path)
-            if a is not None and diff(o, a) is same:
-                b = b_snap.get(path)
-                if b is not None and diff(o, b) is same:
+            a = get_a(path)
+            # (the test of _identical, inlined: it runs for every path)
+            if a is not None and (
+                (a.mtime_ns == o.mtime_ns and a.size == o.size and a.mode == o.mode and a.kind is o.kind
+                 and a.target == o.target and (a.digest == o.digest or a.digest is None or o.digest is None))
+                or diff(o, a) is same
+            ):
+                b = get_b(path)
+                if b is not None and (
+                    (b.mtime_ns == o.mtime_ns and b.size == o.size and b.mode == o.mode and b.kind is o.kind
+                     and b.target == o.target and (b.digest == o.digest or b.digest is None or o.digest is None))
+                    or diff(o, b) is same
+                ):
                     final[path] = a
                     if a.digest is None and b.digest is None:
                         quiet[path] = a
