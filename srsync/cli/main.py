@@ -87,6 +87,7 @@ def execute_jobs(
     """Run jobs once, print the summary, exit with the combined code."""
     jobs = [j for j in jobs if j.enabled]
     _warm_up(jobs)
+    _quiet_gc()
     from srsync.engine.runner import combine_exit, run_jobs
     from srsync.engine.session import SyncOptions
     from srsync.ui.console import ConsoleReporter, make_console, prepare_summary, print_summary
@@ -119,6 +120,21 @@ def execute_jobs(
     if not quiet or any(r.exit_code for r in results):
         print_summary(console, results, dry_run, started)
     raise typer.Exit(combine_exit([r.exit_code for r in results]))
+
+
+def _quiet_gc() -> None:
+    """Fewer passes of the cyclic garbage collector in a one-shot run.
+
+    A run builds one small object per path of both trees (100k-path trees, more than
+    once), and none of them forms a cycle; at the default threshold the collector
+    starts every 700 allocations and keeps re-walking that growing heap (~10 % of a
+    scan).  What is loaded so far stays to the end (frozen: never walked again), and
+    the collector still runs, 100 times less often.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(70_000, 10, 10)
 
 
 def _warm_up(jobs: list[JobSpec]) -> None:
