@@ -249,6 +249,9 @@ class Endpoint(abc.ABC):
     def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
         """Apply guarded steps in order; yields per step the written Entry (WRITE), None, or the OSError.
 
+        A WRITE may also yield None: written as asked, the stored state not
+        looked at (pipelined or small writes, where a stat per file would cost
+        more than the write; ``transfer_file`` then takes the requested values).
         Endpoints with a remote helper keep many steps in flight; results
         still come in order, and a failed step never stops the later ones.
         """

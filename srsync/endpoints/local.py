@@ -488,8 +488,12 @@ class LocalEndpoint(Endpoint):
         mode: int,
         mtime_ns: int,
         step: Step | None = None,
-    ) -> Entry:
-        """Write ``name`` in the directory ``dfd``: temp file, mode, mtime, (guard,) rename."""
+        report: bool = True,
+    ) -> Entry | None:
+        """Write ``name`` in the directory ``dfd``: temp file, mode, mtime, (guard,) rename.
+
+        The stored state (fstat) is returned when ``report``, else None.
+        """
         tmp = self._temp_name(name)
         try:
             try:
@@ -511,7 +515,7 @@ class LocalEndpoint(Endpoint):
                     _write_all(fd, data)
                 os.fchmod(fd, mode & 0o7777)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-                s = os.fstat(fd)  # as stored (mtime granularity, mode bits kept)
+                s = os.fstat(fd) if report else None  # as stored (mtime granularity, mode bits kept)
             finally:
                 os.close(fd)
             self._install(dfd, dpath, tmp, name, step)
@@ -519,6 +523,8 @@ class LocalEndpoint(Endpoint):
             with suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+        if s is None:
+            return None
         return Entry(_FILE, s.st_size, s.st_mtime_ns, s.st_mode & 0o7777, None, None, s.st_ino)
 
     def write_file(
@@ -527,7 +533,9 @@ class LocalEndpoint(Endpoint):
         dpath, name = self._split(path)
         dfd = self._open_dir(dpath)
         try:
-            return self._write_at(dfd, dpath, name, None, chunks, mode, mtime_ns)
+            written = self._write_at(dfd, dpath, name, None, chunks, mode, mtime_ns)
+            assert written is not None
+            return written
         finally:
             os.close(dfd)
 
@@ -623,8 +631,11 @@ class LocalEndpoint(Endpoint):
                                 dfd, dpath = -1, ""
                             dfd = self._open_dir(final[:i])
                             dpath = final[:i]
+                        # a small file's written state is what was asked (no fstat per file:
+                        # see Endpoint.apply_steps); a streamed one reports what it stored
                         yield self._write_at(
-                            dfd, dpath, final[i:], step.data, step.chunks, entry.mode, entry.mtime_ns, step
+                            dfd, dpath, final[i:], step.data, step.chunks, entry.mode, entry.mtime_ns, step,
+                            report=step.chunks is not None,
                         )
                     elif kind is mkdir:
                         self._mkdir_step(step)
