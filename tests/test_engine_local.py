@@ -290,3 +290,37 @@ def test_case_probe_never_writes(tmp_path: Path) -> None:
     ep.scan(IgnoreRules())
     assert not ep.capabilities.case_insensitive  # ext4/tmpfs here
     assert tree_state(tmp_path / "m") == before and os.stat(tmp_path / "m").st_mtime_ns == mtime
+
+
+def test_applied_operations_are_reported_in_order_around_problems(tmp_path: Path) -> None:
+    """The executor reports applied operations in batches: every one exactly once, in plan
+    order, and a problem comes after the operations applied before it."""
+    from srsync.core.compare import Comparator
+    from srsync.core.entry import Problem
+    from srsync.core.ignore import IgnoreRules
+    from srsync.core.reconcile import Mode, reconcile
+    from srsync.endpoints.local import LocalEndpoint
+    from srsync.engine.executor import Executor
+    from srsync.plan import make_plan
+
+    make_tree(tmp_path / "src", {f"f{i:03}": b"x" * i for i in range(150)})
+    (tmp_path / "dst").mkdir()
+    src, dst = LocalEndpoint(str(tmp_path / "src")), LocalEndpoint(str(tmp_path / "dst"))
+    rules = IgnoreRules()
+    rec = reconcile({}, src.scan(rules).entries, dst.scan(rules).entries, Mode.ONE_WAY_REPLICA, Comparator())
+    plan = make_plan(rec)
+    os.unlink(tmp_path / "src" / "f100")  # gone since the scan: that copy fails
+
+    events: list[tuple[str, str]] = []
+
+    class Recorder(Reporter):
+        def op_done(self, job: str, op: Operation) -> None:
+            events.append(("done", op.path))
+
+        def problem(self, job: str, problem: Problem) -> None:
+            events.append(("problem", problem.path))
+
+    result = Executor(src, dst, Recorder(), "job").run(plan)
+    assert [p for kind, p in events if kind == "problem"] == ["f100"]
+    assert [p for _, p in events] == [op.path for op in plan.operations]
+    assert len(result.applied_ops) == len(plan.operations) - 1 == 149

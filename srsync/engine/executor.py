@@ -26,6 +26,11 @@ class ExecResult:
     failed_paths: set[str] = field(default_factory=set)
 
 
+# applied operations are reported this many at a time (a reporter call per file costs
+# about as much as writing a small file; progress is shown a few times a second anyway)
+_REPORT_OPS = 64
+
+
 def _describe(exc: OSError) -> str:
     if isinstance(exc, SourceChanged):
         return str(exc.strerror)
@@ -53,6 +58,7 @@ class Executor:
         result = ExecResult()
         ops = plan.operations
         seen = 0
+        done: list[Operation] = []  # applied, not reported yet (reported in batches, in order)
         try:
             # Runs of small operations are pipelined by the endpoints; everything
             # else comes back to _apply_op.  Outcomes arrive in plan order.
@@ -62,6 +68,9 @@ class Executor:
             ):
                 seen += 1
                 if error is not None:
+                    if done:
+                        self.reporter.ops_done(self.job, done)
+                        done = []
                     prob = Problem(op.path, f"{op.kind.value} failed: {_describe(error)}", op.side)
                     result.problems.append(prob)
                     self.reporter.problem(self.job, prob)
@@ -69,11 +78,17 @@ class Executor:
                     continue
                 result.applied_ops.append(op)
                 _count(result.applied, op)
-                self.reporter.op_done(self.job, op)
+                done.append(op)
+                if len(done) >= _REPORT_OPS:
+                    self.reporter.ops_done(self.job, done)
+                    done = []
         except SrsyncError as exc:
             # the endpoint is unusable: stop here; what was reported applied is whole
             result.stopped = True
             result.error = str(exc)
+        finally:
+            if done:
+                self.reporter.ops_done(self.job, done)
         if seen < len(ops):
             result.stopped = True
         for op in ops[seen:]:

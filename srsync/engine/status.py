@@ -326,7 +326,8 @@ class StatusReporter(Reporter):
         p = self._progress.get(job)
         if p is not None:
             p[0] += len(ops)
-            self._write_progress(job, False)
+            if time.time() - p[3] >= PROGRESS_INTERVAL:
+                self._write_progress(job, False)
 
     def halted(self, job: str, reason: str) -> None:
         target = self._target(job)
