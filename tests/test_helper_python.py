@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -85,8 +86,6 @@ def test_helper_uses_the_clients_bytecode_only_when_it_fits(
 ) -> None:
     """Same magic number: the modules are not compiled on the server.  Another python
     (other magic) or no bytecode at hand: the sources are, and the helper works alike."""
-    import importlib.util
-
     import srsync.agent as agent_pkg
 
     _compile_shipped()
@@ -94,7 +93,7 @@ def test_helper_uses_the_clients_bytecode_only_when_it_fits(
     if variant == "no-bytecode":
         monkeypatch.setattr(agent_pkg, "_compiled", lambda origin: None)
     # built afresh (the real one is cached per process, maybe before the modules were compiled)
-    monkeypatch.setattr(agent_pkg, "_segments", lambda: agent_pkg._build(magic))
+    monkeypatch.setattr(agent_pkg, "_segments", lambda bytecode=True: agent_pkg._build(magic, bytecode))
     program, blob = agent_pkg._segments()
     assert bool(blob) == (variant != "no-bytecode")
     make_tree(tmp_path / "root", {"a": b"x", "d/b": b"y", "d/.srsyncignore": "b\n"})
@@ -105,3 +104,29 @@ def test_helper_uses_the_clients_bytecode_only_when_it_fits(
         assert set(got.entries) == {"d", "d/b", "d/.srsyncignore"}
         local = LocalEndpoint(str(tmp_path / "root")).scan(IgnoreRules.from_patterns(["a"]))
         assert got.ignore_files == local.ignore_files
+
+
+def test_a_distant_server_gets_the_sources_only(
+    sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytecode (~2.5 times the compressed sources) goes only to a server on this
+    machine or the local network; a distant one (here: said to be) compiles the sources."""
+    import srsync.agent as agent_pkg
+    import srsync.ssh.connection as connection
+
+    _compile_shipped()
+    monkeypatch.setattr(agent_pkg, "_segments", lambda bytecode=True: agent_pkg._build(
+        importlib.util.MAGIC_NUMBER, bytecode))
+    assert agent_pkg._segments(False)[1] == b"" and agent_pkg._segments(True)[1] != b""
+    make_tree(tmp_path / "root", {"a": b"x"})
+    loc = Location(str(tmp_path / "root"), sshd.conn_spec())
+    with EndpointPool(cache_dir=tmp_path) as pool:
+        ep = _open(pool, loc)
+        assert ep.connection.near  # 127.0.0.1
+        assert ep.helper_info["bytecode"] is True
+    monkeypatch.setattr(connection, "_is_near", lambda transport: False)
+    with EndpointPool(cache_dir=tmp_path) as pool:
+        ep = _open(pool, loc)
+        assert not ep.connection.near
+        assert ep.helper_info["bytecode"] is False
+        assert set(ep.scan(IgnoreRules()).entries) == {"a"}

@@ -109,8 +109,9 @@ def call_error(meta: Any) -> OSError:
 class AgentClient:
     """Talks to one helper process over one exec channel."""
 
-    def __init__(self, channel: Channel, label: str, io_timeout: float) -> None:
+    def __init__(self, channel: Channel, label: str, io_timeout: float, bytecode: bool = True) -> None:
         self._channel = channel
+        self._bytecode = bytecode  # the compiled helper goes too (see srsync.agent.payload)
         self.label = label
         self.io_timeout = io_timeout
         self._calls: dict[int, Call] = {}
@@ -130,7 +131,7 @@ class AgentClient:
     def start(self) -> dict[str, Any]:
         """Send the program, wait for its greeting, agree on the protocol version."""
         try:
-            self._channel.send(payload())
+            self._channel.send(payload(self._bytecode))
             leftover = self._await_magic()
         except ConnectError as exc:
             raise HelperUnavailable(f"the remote helper could not be started ({exc})") from exc
@@ -367,15 +368,20 @@ class AgentClient:
         self._channel.close()
 
 
-def start_client(open_channel: Any, label: str, io_timeout: float, python: str) -> AgentClient:
-    """Run the helper with ``open_channel(command)`` and shake hands; HelperUnavailable on failure."""
+def start_client(
+    open_channel: Any, label: str, io_timeout: float, python: str, bytecode: bool = True
+) -> AgentClient:
+    """Run the helper with ``open_channel(command)`` and shake hands; HelperUnavailable on failure.
+
+    ``bytecode``: send the compiled helper too (see ``srsync.agent.payload``).
+    """
     try:
-        channel = open_channel(bootstrap_command(python))
+        channel = open_channel(bootstrap_command(python, bytecode))
     except ConnectError as exc:
         # exec refused (an SFTP-only server, a ForceCommand, MaxSessions): no helper here.
         # A connection that is really gone fails again on the SFTP path, loudly.
         raise HelperUnavailable(f"the server refused to run the helper ({exc})") from exc
-    client = AgentClient(channel, label, io_timeout)
+    client = AgentClient(channel, label, io_timeout, bytecode)
     try:
         client.start()
     except BaseException:

@@ -278,7 +278,8 @@ class AgentEndpoint(Endpoint):
         self._closed = False
 
     def _start(self) -> AgentClient:
-        return start_client(self._conn.open_command, self._conn.label, self._conn.io_timeout, self._python)
+        conn = self._conn
+        return start_client(conn.open_command, conn.label, conn.io_timeout, self._python, conn.near)
 
     # ---- identity -------------------------------------------------------
     @property

@@ -165,7 +165,7 @@ class EndpointPool:
         cached = self._cached_python(conn.label) if self._python == DEFAULT_PYTHON else None
         for python in ([cached] if cached else []) + [self._python]:
             try:
-                client = start_client(conn.open_command, conn.label, conn.io_timeout, python)
+                client = start_client(conn.open_command, conn.label, conn.io_timeout, python, conn.near)
             except HelperUnavailable as exc:
                 if python == cached and exc.not_found:
                     continue  # the remembered interpreter is gone: the plain command next
@@ -250,6 +250,7 @@ def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]
         pool.prestart(spec)
     if pool.helper_enabled:
         # build the helper's program now, while the handshake waits for the server
+        # (with the bytecode: the usual case is a server not far away)
         from srsync.agent import payload
 
         payload()

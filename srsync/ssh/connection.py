@@ -9,6 +9,7 @@ signature is never sent to an unverified server.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -155,6 +156,8 @@ class SSHConnection:
         self.io_timeout = max(timeout, MIN_IO_TIMEOUT)
         self._jumps = jumps or []
         self._closed = False
+        self.near = _is_near(transport)
+
 
     # ---- channels ---------------------------------------------------------
     def open_sftp(self) -> SFTPFS:
@@ -237,6 +240,20 @@ class SSHConnection:
 
     def __repr__(self) -> str:
         return f"<SSHConnection {self.label}{' closed' if self._closed else ''}>"
+
+
+def _is_near(transport: paramiko.Transport) -> bool:
+    """Whether the server is on this machine or the local network (a loopback, private or
+    link-local address reached directly): a fast link, where sending more bytes to save
+    the server work pays.  Tunnelled or proxied connections count as distant."""
+    sock = transport.sock
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        addr = ipaddress.ip_address(sock.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return addr.is_loopback or addr.is_private or addr.is_link_local
 
 
 def connect(spec: ConnSpec) -> SSHConnection:
