@@ -39,15 +39,17 @@ if sys.flags.no_site:
                 sys.path.append(_dir)
     except Exception:
         pass
-# the same modules compiled by the client's python follow on stdin: used when this
-# python reads the same bytecode (saves compiling them here), else the sources are
+# the same modules compiled by the client's python may follow on stdin (length, then
+# magic number and code): used when this python reads the same bytecode (saves
+# compiling them here), else the sources are
 _codes = {}
-if CODES_SIZE:
-    _blob = sys.stdin.buffer.read(CODES_SIZE)
+_size = int.from_bytes(sys.stdin.buffer.read(4), "big")
+if _size:
+    _blob = sys.stdin.buffer.read(_size)
     import _frozen_importlib_external
-    if _frozen_importlib_external.MAGIC_NUMBER == MAGIC:
+    if _blob[:4] == _frozen_importlib_external.MAGIC_NUMBER:
         import marshal, zlib
-        _codes = dict(marshal.loads(zlib.decompress(_blob)))
+        _codes = dict(marshal.loads(zlib.decompress(_blob[4:])))
 for _name in ("srsync", "srsync.core", "srsync.agent"):
     _pkg = types.ModuleType(_name)
     _pkg.__path__ = []
@@ -82,56 +84,66 @@ def _compiled(origin: str) -> bytes | None:
     return data[16:]
 
 
-@functools.lru_cache(maxsize=2)
+def _origins() -> list[tuple[str, str]]:
+    """(module name, source file) of each shipped module; read, never imported here."""
+    out = []
+    for name in SHIPPED:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        out.append((name, spec.origin))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _program() -> bytes:
+    """The compressed program: the shipped sources and the loader (the same for every server)."""
+    sources = [(name, Path(origin).read_text(encoding="utf-8")) for name, origin in _origins()]
+    text = f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\n" + _LOADER
+    # level 6: a few KiB more than 9 on the wire, a fifth of the time
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def _bytecode(magic: bytes) -> bytes:
+    """``magic`` and the compressed bytecode of the shipped modules, or b"" without it at hand."""
+    codes = [(name, code) for name, origin in _origins() if (code := _compiled(origin)) is not None]
+    return magic + zlib.compress(marshal.dumps(codes), 6) if codes else b""
+
+
+@functools.lru_cache(maxsize=1)
+def _local_bytecode() -> bytes:
+    return _bytecode(importlib.util.MAGIC_NUMBER)
+
+
 def _segments(bytecode: bool = True) -> tuple[bytes, bytes]:
-    """(the compressed program, the compressed bytecode of the shipped modules or b"");
-    without ``bytecode`` the program alone (for a distant server, see ``payload``)."""
-    return _build(importlib.util.MAGIC_NUMBER, bytecode)
+    """(the compressed program, the bytecode segment or b""): see ``payload``."""
+    return _program(), _local_bytecode() if bytecode else b""
 
 
 def _build(magic: bytes, bytecode: bool = True) -> tuple[bytes, bytes]:
     """``_segments``, the bytecode said to be for the python whose magic number is ``magic``."""
-    sources = []
-    codes: list[tuple[str, bytes]] = []
-    for name in SHIPPED:
-        # the sources are read, not imported: the helper's own module is never run here
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None
-        sources.append((name, Path(spec.origin).read_text(encoding="utf-8")))
-        code = _compiled(spec.origin) if bytecode else None
-        if code is not None:
-            codes.append((name, code))
-    # level 6 for both, a few KiB more than 9 on the wire, a fifth of the time (built
-    # while the handshake waits).  The bytecode is ~2.5 times the compressed sources
-    # (~70 KiB): it pays where the link moves more than ~20 Mbit/s (saving ~33 ms of
-    # compiling on the server), and costs a little below that.
-    blob = zlib.compress(marshal.dumps(codes), 6) if codes else b""
-    text = (
-        f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\nCODES_SIZE = {len(blob)}\n"
-        f"MAGIC = {magic!r}\n" + _LOADER
-    )
-    return zlib.compress(text.encode("utf-8"), 6), blob
+    return _program(), _bytecode(magic) if bytecode else b""
 
 
 def payload(bytecode: bool = True) -> bytes:
     """What the bootstrap reads from stdin: the compressed program, then the bytecode it may use.
 
-    The bytecode is about 2.5 times the size of the compressed sources: it saves the
-    server ~33 ms of compiling where the link is fast (a server on this machine or
-    the local network), and would cost more than that on a slow one; ``bytecode=False``
-    sends the sources alone.
+    The bytecode (~67 KiB, about 2.5 times the compressed sources) saves the server
+    ~33 ms of compiling where the link is fast (a server on this machine or the local
+    network) and would cost more than that on a slow one; ``bytecode=False`` sends
+    the sources alone.  Both are built once per process (``registry.warm_up`` builds
+    them while the handshake waits).
     """
     program, blob = _segments(bytecode)
-    return program + blob
+    return program + len(blob).to_bytes(4, "big") + blob
 
 
-def bootstrap_command(python: str = "python3", bytecode: bool = True) -> str:
+def bootstrap_command(python: str = "python3") -> str:
     """The remote command: ``python`` reads exactly the payload from stdin and runs it.
 
     One line in double quotes without ``$`` or backquotes, so sh, bash, zsh,
     csh and fish all pass it through unchanged.
     """
-    size = len(_segments(bytecode)[0])
+    size = len(_program())
     code = f"import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read({size})))"
     # -S: no site initialisation (.pth files); the loader adds site-packages itself
     return f'{shlex.quote(python)} -S -c "{code}"'

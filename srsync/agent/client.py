@@ -376,7 +376,7 @@ def start_client(
     ``bytecode``: send the compiled helper too (see ``srsync.agent.payload``).
     """
     try:
-        channel = open_channel(bootstrap_command(python, bytecode))
+        channel = open_channel(bootstrap_command(python))
     except ConnectError as exc:
         # exec refused (an SFTP-only server, a ForceCommand, MaxSessions): no helper here.
         # A connection that is really gone fails again on the SFTP path, loudly.

@@ -43,7 +43,7 @@ from srsync.endpoints.base import (
     StepKind,
 )
 from srsync.endpoints.hashing import digest_chunks
-from srsync.endpoints.striped import StripedUploads, _Part
+from srsync.endpoints.striped import StripedFile, StripedUploads
 from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh.connection import SSHConnection, connect
@@ -598,7 +598,7 @@ class AgentEndpoint(Endpoint):
         entry = step.entry
         assert entry is not None
         guard = [entry_to_json(step.expected)] if step.guarded else None
-        chunks: Iterable[bytes] = step.chunks if step.chunks is not None else [step.data or b""]
+        chunks = _chunks_of(step)
         try:
             return self._stream_write(self._client, step.path, chunks, entry.mode, entry.mtime_ns, guard)
         except OSError as exc:
@@ -645,7 +645,7 @@ class AgentEndpoint(Endpoint):
         missing = 0 if self._extra_refused else self._streams - len(helpers)
         uploads = StripedUploads(self._client, helpers, missing, self._start_extra, self._streams, STRIPE)
 
-        def queue_up(step: Step) -> _Part:
+        def queue_up(step: Step) -> StripedFile:
             entry = step.entry
             assert entry is not None
             rel = self._rel(step.path)
@@ -662,21 +662,20 @@ class AgentEndpoint(Endpoint):
 
         leftover: Step | None = None
         try:
-            step: Step | None = first
-            part = queue_up(first)
-            while step is not None:
+            step, part = first, queue_up(first)
+            while True:
                 following = next(rest, None)
                 if following is not None and not self._goes_striped(following):
                     leftover, following = following, None
                 # the next file's temporary copy is asked for before this one's stripes go out
                 next_part = queue_up(following) if following is not None else None
-                uploads.feed(part, step.chunks if step.chunks is not None else [step.data or b""])
+                uploads.feed(part, _chunks_of(step))
                 uploads.send_commits()
                 while len(uploads.parts) > 2:
                     yield finished()
-                step = following
-                if next_part is not None:
-                    part = next_part
+                if following is None or next_part is None:
+                    break
+                step, part = following, next_part
             while uploads.parts:
                 yield finished()
         finally:
@@ -793,6 +792,11 @@ def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
             pending, have = [], 0
     if pending:
         yield b"".join(pending)
+
+
+def _chunks_of(step: Step) -> Iterable[bytes]:
+    """The content of a WRITE step as chunks (streamed, or its data in one piece)."""
+    return step.chunks if step.chunks is not None else [step.data or b""]
 
 
 def _kind_char(kind: Kind) -> str:

@@ -55,7 +55,7 @@ def stripes(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-class _Part:
+class StripedFile:
     """One file of the run: its temporary name, stripes still unconfirmed, and its fate."""
 
     __slots__ = ("rel", "label", "size", "commit_args", "opening", "tmp", "pending", "fed", "error", "done",
@@ -98,11 +98,11 @@ class StripedUploads:
         self._main = main
         self._start_extra = start_extra
         self._stripe = stripe
-        self._work: queue.Queue[tuple[_Part, int, bytes]] = queue.Queue(maxsize=streams)
+        self._work: queue.Queue[tuple[StripedFile, int, bytes]] = queue.Queue(maxsize=streams)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._fatal: list[BaseException] = []
-        self.parts: deque[_Part] = deque()
+        self.parts: deque[StripedFile] = deque()
         self._pool = ThreadPoolExecutor(
             max_workers=len(helpers) + 2 * missing, thread_name_prefix="agent-up"
         )
@@ -120,7 +120,7 @@ class StripedUploads:
             self._pool.submit(self._pump, helper)
 
     def _pump(self, helper: AgentClient) -> None:
-        sent: deque[tuple[_Part, Call]] = deque()
+        sent: deque[tuple[StripedFile, Call]] = deque()
         try:
             while not self._fatal:
                 try:
@@ -149,7 +149,7 @@ class StripedUploads:
         except BaseException as exc:  # the channel is gone: the whole run stops
             self._fatal.append(exc)
 
-    def _confirm(self, helper: AgentClient, part: _Part, call: Call) -> None:
+    def _confirm(self, helper: AgentClient, part: StripedFile, call: Call) -> None:
         try:
             helper.result(call)
         except OSError as exc:  # the helper refused this stripe: that file fails, not the run
@@ -157,7 +157,7 @@ class StripedUploads:
                 part.error = exc
         self._stripe_done(part)
 
-    def _stripe_done(self, part: _Part) -> None:
+    def _stripe_done(self, part: StripedFile) -> None:
         with self._lock:
             part.pending -= 1
             if part.fed and part.pending == 0:
@@ -168,18 +168,18 @@ class StripedUploads:
             raise self._fatal[0]
 
     # ---- files --------------------------------------------------------------
-    def open(self, rel: str, label: str, size: int, commit_args: list[Any]) -> _Part:
+    def open(self, rel: str, label: str, size: int, commit_args: list[Any]) -> StripedFile:
         """Queue a file: its temporary copy is asked for now, its stripes come with ``feed``.
 
         Opening the next file before feeding the current one hides that round trip.
         """
         self._check()
-        part = _Part(rel, label, size, commit_args)
+        part = StripedFile(rel, label, size, commit_args)
         part.opening = self._main.call("pw_open", [rel, size])
         self.parts.append(part)
         return part
 
-    def feed(self, part: _Part, chunks: Iterable[bytes]) -> None:
+    def feed(self, part: StripedFile, chunks: Iterable[bytes]) -> None:
         """Queue every stripe of ``part``, reading its source here, in order."""
         if part.fed:
             return
@@ -209,7 +209,7 @@ class StripedUploads:
                 if part.pending == 0:
                     part.done.set()
 
-    def _put(self, item: tuple[_Part, int, bytes]) -> None:
+    def _put(self, item: tuple[StripedFile, int, bytes]) -> None:
         while True:
             self._check()
             try:
@@ -247,7 +247,7 @@ class StripedUploads:
         meta: dict[str, Any] = reply.meta
         return meta
 
-    def _abort(self, part: _Part) -> None:
+    def _abort(self, part: StripedFile) -> None:
         with contextlib.suppress(OSError, ConnectError):
             if part.tmp is None and part.opening is not None:
                 part.tmp = self._main.result(part.opening).meta["tmp"]
