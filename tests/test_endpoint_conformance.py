@@ -9,10 +9,12 @@ import pytest
 
 from srsync.core.entry import Kind
 from srsync.core.ignore import IgnoreRules
+from srsync.core.quiet import snapshot_summaries
 from srsync.endpoints.base import Endpoint
 from srsync.endpoints.hashing import digest_bytes
 from srsync.endpoints.local import LocalEndpoint
 from srsync.endpoints.memory import MemoryEndpoint
+from srsync.endpoints.sftp import SFTPEndpoint
 
 T0 = 1_600_000_000_123_456_789
 
@@ -86,6 +88,45 @@ def test_scan_prunes_excluded_dirs_and_reports_ignore_files(endpoint: Endpoint) 
     assert "cache" not in res.entries and "cache/big" not in res.entries
     assert res.ignore_files == {"src": "*.o\n"}
     assert "src/a.o" in res.entries  # ignore files are applied by the engine, not the scan
+
+
+def test_quiet_scan_leaves_out_what_summarises_as_expected(endpoint: Endpoint) -> None:
+    """Every endpoint that can summarise agrees with the summaries of a snapshot
+    (what the state database stores); SFTP may ignore them and list everything."""
+    endpoint.mkdir("d", 0o755)
+    endpoint.mkdir("d/sub dir", 0o750)
+    _write(endpoint, "d/sub dir/ünï cödé.txt", b"hello", 0o600)
+    endpoint.symlink("d/link", "sub dir/ünï cödé.txt")
+    _write(endpoint, "d/.srsyncignore", b"*.o\n")
+    _write(endpoint, "d/a.o", b"o")
+    _write(endpoint, "top", b"t", mtime=T0 + 7)
+    endpoint.mkdir("e", 0o755)
+    _write(endpoint, "e/skip.tmp", b"x")
+    rules = IgnoreRules.from_patterns(["*.tmp"])
+    full = endpoint.scan(rules)
+    expect = snapshot_summaries(full.entries)
+    assert set(expect) == {"", "d", "d/sub dir", "e"}
+
+    again = endpoint.scan(rules, {**expect, "gone": expect["d"]})
+    dirs = {p for p, e in full.entries.items() if e.is_dir}
+    if not again.quiet:  # allowed: everything listed, as without expectations
+        assert isinstance(endpoint, SFTPEndpoint)
+        assert again.entries == full.entries
+        return
+    assert again.quiet == {"": 1, "d": 3, "d/sub dir": 1, "e": 0}
+    assert set(again.entries) == dirs
+    assert again.ignore_files == {"d": "*.o\n"}  # still read in a quiet directory
+    assert again.problems == []
+
+    # a changed mtime, a new file and a changed link are each seen in their own directory
+    endpoint.set_meta("d/sub dir/ünï cödé.txt", None, T0 + 10**9)
+    _write(endpoint, "e/new", b"n")
+    endpoint.remove("d/link", Kind.LINK)
+    endpoint.symlink("d/link", "elsewhere")
+    third = endpoint.scan(rules, expect)
+    assert third.quiet == {"": 1}
+    assert set(third.entries) == set(full.entries) - {"top"} | {"e/new"}
+    assert third.entries["d/link"].target == "elsewhere"
 
 
 def test_write_is_atomic_when_source_fails(endpoint: Endpoint) -> None:

@@ -16,6 +16,7 @@ import reliability_report as report
 from faultproxy import BLACKHOLE, FIN, RST, FaultProxy
 from helpers import make_tree, remote_job, run, tree_state
 
+from srsync.engine.state import StateDB
 from srsync.jobspec import ONE2ONE, ZERO2ONE, Location
 
 CUTS = 16
@@ -158,10 +159,18 @@ def _ancestor(state_dir: Path) -> dict[str, tuple[object, ...]]:
         return {}
     db = sqlite3.connect(db_path)
     try:
-        rows = db.execute("SELECT path, kind, size, target FROM ancestors").fetchall()
+        pairs = [r[0] for r in db.execute("SELECT pair FROM ancestor_info").fetchall()]
     finally:
         db.close()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+    if not pairs:
+        return {}
+    (pair,) = pairs
+    state = StateDB(state_dir)
+    try:
+        snap = state.load_ancestor(pair)
+    finally:
+        state.close()
+    return {p: (e.kind.value, e.size, e.target) for p, e in snap.items()}
 
 
 def _entries(root: Path) -> dict[str, tuple[object, ...]]:

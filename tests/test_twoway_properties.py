@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from srsync.core.entry import Kind, Snapshot
 from srsync.core.paths import parent
+from srsync.core.quiet import snapshot_summaries
 from srsync.endpoints.memory import MemoryEndpoint
 from srsync.engine.reporter import Reporter
 from srsync.engine.session import PairSession, SyncOptions
@@ -163,8 +166,23 @@ class TwoWayHistory(RuleBasedStateMachine):
             holds = a is not None and b is not None and _same(a, e) and _same(b, e)
             assert holds or before_anc.get(path) == e, f"ancestor records {path} that is not on both sides"
 
+    def _dry_plan(self, quiet: bool) -> list[tuple[object, ...]]:
+        """The plan of a dry run, with or without the ancestor's directory summaries."""
+        state = self.state
+        if not quiet:
+            state = _NoSummaries(state)
+        res = PairSession("prop", "t", self.pair, self.alpha, self.beta, Reporter(), state,
+                          SyncOptions(dry_run=True, force=True)).run()
+        assert res.plan is not None, res.error
+        return [
+            (o.kind, _unstamped(o.path), o.side, o.expected, o.entry, o.is_update, _unstamped(o.new_path))
+            for o in res.plan.operations
+        ]
+
     @rule()
     def sync(self) -> None:
+        # quiet directories left out of the scans change nothing in the plan
+        assert self._dry_plan(quiet=True) == self._dry_plan(quiet=False)
         dirty, before = self._dirty_versions(), self.state.load_ancestor(self._key())
         outcome = self._sync()
         assert outcome in ("ok", "unchanged"), outcome
@@ -187,6 +205,15 @@ class TwoWayHistory(RuleBasedStateMachine):
                 assert parent(path) == "" or ep.entries[parent(path)].is_dir
 
     @invariant()
+    def summaries_match_the_ancestor(self) -> None:
+        if not hasattr(self, "alpha"):
+            return
+        key = self._key()
+        summaries = self.state.ancestor_summaries(key)
+        if summaries is not None:
+            assert summaries == snapshot_summaries(self.state.load_ancestor(key))
+
+    @invariant()
     def trees_are_valid(self) -> None:
         if not hasattr(self, "alpha"):
             return
@@ -194,6 +221,23 @@ class TwoWayHistory(RuleBasedStateMachine):
             for path in ep.entries:
                 par = parent(path)
                 assert par == "" or (par in ep.entries and ep.entries[par].is_dir), path
+
+
+class _NoSummaries:
+    """A state database whose ancestors have no directory summaries: full scans."""
+
+    def __init__(self, state: StateDB) -> None:
+        self._state = state
+
+    def ancestor_summaries(self, pair: str) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+
+def _unstamped(path: str | None) -> str | None:
+    return None if path is None else re.sub(r"\.conflict-(mirror|target)-[0-9-]+", ".conflict", path)
 
 
 def _same(a: object, b: object) -> bool:

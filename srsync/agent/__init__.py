@@ -19,7 +19,9 @@ from pathlib import Path
 # Modules the helper needs, in import order; all stdlib-only.  They keep their
 # real names on the remote side, so the shipped sources are byte-for-byte the
 # ones srsync runs locally (one implementation of names, ignore rules, delta).
-SHIPPED = ("srsync.core.paths", "srsync.core.ignore", "srsync.agent.delta", "srsync.agent.remote")
+SHIPPED = (
+    "srsync.core.paths", "srsync.core.ignore", "srsync.core.summary", "srsync.agent.delta", "srsync.agent.remote",
+)
 
 # Exit status of the loader when the remote python is too old to run the helper.
 TOO_OLD = 97

@@ -69,8 +69,9 @@ from srsync.agent.delta import (
 )
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
 from srsync.core.paths import check_name, is_temp_name, nfc
+from srsync.core.summary import file_record, link_record, summarize
 
-PROTOCOL = 3  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F)
+PROTOCOL = 4  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans
 MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
 
 HEADER = struct.Struct(">BII")
@@ -677,9 +678,13 @@ class Agent:
             self.send(DONE, rid, {"root_exists": False, "problem": f"{_text(self.root)} is not a directory"})
             return
 
+        # directory -> summary of the files and links the client expects there
+        # (srsync.core.summary): a match leaves them out, listed under "q"
+        expect = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+
         def fresh() -> dict[str, Any]:
             # d: one record per directory, its columns in the raw part (see scan_columns)
-            return {"d": [], "p": [], "t": [], "i": {}, "n": {}, "g": []}
+            return {"d": [], "p": [], "t": [], "i": {}, "n": {}, "g": [], "q": []}
 
         batch = fresh()
         blobs: list[bytes] = []
@@ -689,7 +694,7 @@ class Agent:
         try:
             while stack:
                 rel_dir, disk_dir = stack.pop()
-                count += self._scan_dir(rel_dir, disk_dir, rules, batch, blobs, stack)
+                count += self._scan_dir(rel_dir, disk_dir, rules, batch, blobs, stack, expect.get(rel_dir))
                 if count >= SCAN_BATCH:
                     self.send(ITEM, rid, batch, b"".join(blobs))
                     batch = fresh()
@@ -710,6 +715,7 @@ class Agent:
         batch: dict[str, Any],
         blobs: list[bytes],
         stack: list[tuple[str, str]],
+        want: str | None = None,
     ) -> int:
         """List one directory into ``batch`` (same rules as the SFTP endpoint's scan).
 
@@ -747,7 +753,7 @@ class Agent:
             problems.append([rel_dir, "cannot list directory: %s" % (exc.strerror or exc)])
             return 1
         try:
-            self._list_dir(rel_dir, disk_dir, dfd, items, rules, batch, blobs, stack)
+            self._list_dir(rel_dir, disk_dir, dfd, items, rules, batch, blobs, stack, want)
         finally:
             if dfd is not None:
                 os.close(dfd)
@@ -763,8 +769,10 @@ class Agent:
         batch: dict[str, Any],
         blobs: list[bytes],
         stack: list[tuple[str, str]],
+        want: str | None = None,
     ) -> None:
         problems = batch["p"]
+        problems_before = len(problems)
         prefix = rel_dir + "/" if rel_dir else ""
         disk_prefix = disk_dir + "/" if disk_dir else ""
         # (on-disk name as text, valid UTF-8, DirEntry), sorted by text
@@ -843,6 +851,19 @@ class Agent:
                 targets.append(target)
             else:
                 problems.append([prefix + norm, "special file (device, fifo or socket); skipped"])
+        if want is not None and len(problems) == problems_before:
+            records = []
+            links = iter(targets)
+            for name, kind, size, mtime_ns, mode, _ in rows:
+                if kind == "f":
+                    records.append(file_record(name, size, mtime_ns, mode))
+                elif kind == "l":
+                    records.append(link_record(name, next(links)))
+            if summarize(records) == want:
+                # quiet: only the subdirectories go
+                rows = [row for row in rows if row[1] == "d"]
+                targets = []
+                batch["q"].append([rel_dir, len(records)])
         if rows:
             # rows to columns (strict= needs python 3.10; the rows all have six fields)
             names, kinds, sizes, mtimes, modes, inos = zip(*rows)  # noqa: B905

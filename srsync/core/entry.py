@@ -141,3 +141,6 @@ class ScanResult:
     root_exists: bool = True
     # leftovers of interrupted writes (srsync temp names), to be cleaned up
     temp_files: list[RelPath] = field(default_factory=list)
+    # directories whose files and links summarised as expected, so were left
+    # out of ``entries`` (see srsync.core.summary): directory -> how many
+    quiet: dict[RelPath, int] = field(default_factory=dict)

@@ -29,11 +29,14 @@ def check_guards(
     ancestor_count: int = 0,
     mirror_label: str = "mirror",
     target_label: str = "target",
+    hidden: int = 0,
 ) -> list[Halt]:
     """Every guard that trips for this reconciliation; empty when it is safe to run.
 
     An empty or missing root is the classic sign of an unmounted disk or a
-    wrong path: propagating it would wipe the other side.
+    wrong path: propagating it would wipe the other side.  ``hidden`` counts
+    entries both sides hold unchanged but the snapshots leave out (quiet
+    directories): they count towards each side's size.
     """
     halts: list[Halt] = []
     if not alpha_root_exists:
@@ -49,7 +52,7 @@ def check_guards(
             (alpha, rec.beta_changes, mirror_label, target_label),
             (beta, rec.alpha_changes, target_label, mirror_label),
         ):
-            if not snap and _deletes(other_changes):
+            if not snap and not hidden and _deletes(other_changes):
                 halts.append(Halt(
                     "root-empty",
                     f"{label} is empty although the last sync saw {ancestor_count} entries, "
@@ -60,12 +63,13 @@ def check_guards(
     for changes, snap, label in ((rec.beta_changes, beta, target_label),
                                  (rec.alpha_changes, alpha, mirror_label)):
         deletes = _deletes(changes)
-        if snap and deletes:
-            share = 100.0 * deletes / len(snap)
+        size = len(snap) + hidden
+        if size and deletes:
+            share = 100.0 * deletes / size
             if share > max_delete_percent:
                 halts.append(Halt(
                     "max-delete",
-                    f"the run would delete {deletes} of {len(snap)} entries ({share:.0f}%) on "
+                    f"the run would delete {deletes} of {size} entries ({share:.0f}%) on "
                     f"{label}, above max_delete = {max_delete_percent:g}%",
                 ))
     return halts

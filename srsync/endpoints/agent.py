@@ -25,7 +25,7 @@ import itertools
 import sys
 import threading
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, cast
 
@@ -316,11 +316,12 @@ class AgentEndpoint(Endpoint):
         entry = self.stat(ROOT)
         return entry is not None and entry.is_dir
 
-    def scan(self, rules: IgnoreRules) -> ScanResult:
+    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
         wire_rules = [
             [r.base, r.pattern, r.regex.pattern, r.regex.flags, r.negate, r.dir_only] for r in rules.rules
         ]
-        call = self._client.call("scan", [wire_rules])
+        wanted = expect or {}
+        call = self._client.call("scan", [wire_rules, dict(wanted) if wanted else None])
         result = ScanResult(entries={})
         disk_names: dict[RelPath, str] = {}
         entries = result.entries
@@ -339,6 +340,10 @@ class AgentEndpoint(Endpoint):
                 result.temp_files.extend(part["t"])
                 result.ignore_files.update(part["i"])
                 disk_names.update(part["n"])
+                for rel_dir, hidden in part.get("q", ()):
+                    if not isinstance(rel_dir, str) or not isinstance(hidden, int) or rel_dir not in wanted:
+                        raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan")
+                    result.quiet[rel_dir] = hidden
         final = call.final or {}
         result.root_exists = bool(final.get("root_exists"))
         if final.get("problem"):

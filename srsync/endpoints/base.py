@@ -22,7 +22,7 @@ import enum
 import errno
 import io
 import os
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -133,7 +133,7 @@ class Endpoint(abc.ABC):
         """True when the root exists and is a directory."""
 
     @abc.abstractmethod
-    def scan(self, rules: IgnoreRules) -> ScanResult:
+    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
         """Walk the whole tree below the root without following symlinks.
 
         Excluded paths (by ``rules``, as given) are pruned.  Names that are
@@ -142,6 +142,12 @@ class Endpoint(abc.ABC):
         ``ScanResult.temp_files`` rather than as entries.  ``.srsyncignore``
         contents are returned in ``ignore_files``.  Digests are not computed.
         A missing root gives ``root_exists=False`` and no entries.
+
+        ``expect`` maps directories to the summary (srsync.core.summary) of the
+        files and links the caller expects there.  An endpoint may leave out
+        the files and links of a directory that summarises exactly so and had
+        no problem, listing it in ``ScanResult.quiet`` instead; subdirectories
+        are always listed.  Endpoints that cannot summarise ignore ``expect``.
         """
 
     @abc.abstractmethod

@@ -23,7 +23,7 @@ import errno
 import os
 import secrets
 import stat as st
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, suppress
 from itertools import islice
 from typing import BinaryIO, cast
@@ -42,6 +42,7 @@ from srsync.core.paths import (
     validate_relpath,
 )
 from srsync.core.paths import temp_name as paths_temp_name
+from srsync.core.summary import file_record, link_record, summarize
 from srsync.endpoints.base import (
     CHANGED,
     Capabilities,
@@ -191,8 +192,9 @@ class LocalEndpoint(Endpoint):
     def root_exists(self) -> bool:
         return os.path.isdir(self.root)
 
-    def scan(self, rules: IgnoreRules) -> ScanResult:
+    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
         result = ScanResult(entries={})
+        expected = expect or {}
         self._disk_names = {}
         self._dirs = {}
         if not self.root_exists():
@@ -211,7 +213,7 @@ class LocalEndpoint(Endpoint):
                 result.problems.append(Problem(rel_dir, f"cannot list directory: {exc.strerror}"))
                 continue
             try:
-                self._scan_dir(fd, rel_dir, disk_dir, rules, result, pending)
+                self._scan_dir(fd, rel_dir, disk_dir, rules, result, pending, expected.get(rel_dir))
             finally:
                 os.close(fd)
             if top is None:
@@ -227,9 +229,16 @@ class LocalEndpoint(Endpoint):
         rules: IgnoreRules,
         result: ScanResult,
         pending: list[tuple[RelPath, str]],
+        want: str | None = None,
     ) -> None:
-        """List one directory (open as ``fd``) into ``result``; subdirectories go to ``pending``."""
+        """List one directory (open as ``fd``) into ``result``; subdirectories go to ``pending``.
+
+        With ``want`` (the summary expected of its files and links), a directory
+        that matches it and had no problem keeps only its subdirectories in
+        ``result.entries`` and is counted in ``result.quiet``.
+        """
         problems = result.problems
+        problems_before = len(problems)
         try:
             with os.scandir(fd) as it:
                 items = list(it)
@@ -256,6 +265,18 @@ class LocalEndpoint(Endpoint):
         is_excluded = rules.is_excluded
         has_ignore = IGNORE_FILE in names
         disk_slash = disk_dir if disk_dir.endswith("/") else disk_dir + "/"
+        if want is not None and len(problems) == problems_before:
+            quiet = self._quiet_listing(fd, items, names, rels, len(prefix), rules, want)
+            if quiet is not None:
+                subdirs, hidden, ignore_file = quiet
+                for item, name, rel in subdirs:
+                    s = item.stat(follow_symlinks=False)  # (cached by the DirEntry)
+                    entries[rel] = Entry(_DIR, 0, s.st_mtime_ns, s.st_mode & 0o7777, None, None, s.st_ino)
+                    pending.append((rel, disk_slash + name))
+                if ignore_file:
+                    self._read_ignore_file(fd, rel_dir, prefix + IGNORE_FILE, result)
+                result.quiet[rel_dir] = hidden
+                return
         for item, name, rel in zip(items, names, rels, strict=True):
             try:
                 s = item.stat(follow_symlinks=False)
@@ -286,6 +307,58 @@ class LocalEndpoint(Endpoint):
                 entries[rel] = Entry(_LINK, 0, 0, 0, target, None, s.st_ino)
             else:
                 problems.append(Problem(rel, "special file (device, fifo or socket); skipped"))
+
+    @staticmethod
+    def _quiet_listing(
+        fd: int,
+        items: list[os.DirEntry[str]],
+        names: list[str],
+        rels: list[RelPath],
+        cut: int,
+        rules: IgnoreRules,
+        want: str,
+    ) -> tuple[list[tuple[os.DirEntry[str], str, RelPath]], int, bool] | None:
+        """Whether a listed directory's files and links summarise as ``want``.
+
+        If so: its subdirectories (item, on-disk name, path), how many files
+        and links there are, and whether an ignore file is among them.  None
+        when they differ or anything is amiss (the full listing then reports it).
+        """
+        records: list[str] = []
+        subdirs: list[tuple[os.DirEntry[str], str, RelPath]] = []
+        check_files = any(not r.dir_only for r in rules.rules)
+        check_dirs = bool(rules.rules)
+        is_excluded = rules.is_excluded
+        ignore_file = False
+        for item, name, rel in zip(items, names, rels, strict=True):
+            try:
+                s = item.stat(follow_symlinks=False)
+            except OSError:
+                return None
+            mode = s.st_mode
+            fmt = mode & _IFMT
+            if fmt == _IFREG:
+                if check_files and is_excluded(rel, False):
+                    continue
+                records.append(file_record(rel[cut:], s.st_size, s.st_mtime_ns, mode & 0o7777))
+                if name == IGNORE_FILE:
+                    ignore_file = True
+            elif fmt == _IFDIR:
+                if not (check_dirs and is_excluded(rel, True)):
+                    subdirs.append((item, name, rel))
+            elif fmt == _IFLNK:
+                if check_files and is_excluded(rel, False):
+                    continue
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    return None
+                records.append(link_record(rel[cut:], target))
+            else:
+                return None
+        if summarize(records) != want:
+            return None
+        return subdirs, len(records), ignore_file
 
     def _check_names(
         self, items: list[os.DirEntry[str]], rel_dir: RelPath, prefix: str, result: ScanResult

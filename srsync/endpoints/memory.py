@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import BinaryIO, cast
 
 from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import ROOT, RelPath, basename, is_temp_name, parent, validate_relpath
+from srsync.core.quiet import children_by_dir, summary_of
 from srsync.endpoints.base import Capabilities, Endpoint
 from srsync.endpoints.hashing import digest_bytes
 
@@ -82,7 +83,7 @@ class MemoryEndpoint(Endpoint):
     def root_exists(self) -> bool:
         return self.exists
 
-    def scan(self, rules: IgnoreRules) -> ScanResult:
+    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
         res = ScanResult(entries={})
         if not self.exists:
             res.root_exists = False
@@ -103,7 +104,20 @@ class MemoryEndpoint(Endpoint):
             res.entries[path] = entry
             if basename(path) == IGNORE_FILE and entry.is_file:
                 res.ignore_files[par] = self.data[path].decode("utf-8", "replace")
+        if expect:
+            self._leave_out_quiet(res, expect)
         return res
+
+    @staticmethod
+    def _leave_out_quiet(res: ScanResult, expect: Mapping[RelPath, str]) -> None:
+        """Drop the files and links of each directory that summarises as expected."""
+        for rel_dir, children in children_by_dir(res.entries).items():
+            want = expect.get(rel_dir)
+            if want is not None and summary_of(children) == want:
+                prefix = rel_dir + "/" if rel_dir else ""
+                for name, _ in children:
+                    del res.entries[prefix + name]
+                res.quiet[rel_dir] = len(children)
 
     def stat(self, path: RelPath) -> Entry | None:
         validate_relpath(path)

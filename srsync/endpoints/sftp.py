@@ -25,7 +25,7 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -221,7 +221,9 @@ class SFTPEndpoint(Endpoint):
         return digest.hexdigest()
 
     # ---- scanning ------------------------------------------------------
-    def scan(self, rules: IgnoreRules) -> ScanResult:
+    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+        # (``expect`` is not used: listing a directory over SFTP is the cost a
+        # summary would save, and its entries cross the wire either way)
         result = ScanResult(entries={})
         try:
             root_st = self._fs.stat(self.root)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
-from srsync.core.paths import ROOT, case_collisions, is_under, link_escapes
+from srsync.core.paths import ROOT, RelPath, case_collisions, is_under, link_escapes, parent
 from srsync.core.reconcile import (
     ALPHA,
     BETA,
@@ -93,6 +93,21 @@ def _apply_ignore_files(
     return out[0], out[1]
 
 
+def _fill_quiet(res: ScanResult, stored: Snapshot, hidden: dict[RelPath, int]) -> None:
+    """Put back the files and links a scan left out where only this side was quiet.
+
+    They are the ancestor's, field for field (that is what quiet means), less
+    the digest, which was taken of the content then, not now.
+    """
+    alone = res.quiet.keys() - hidden.keys()
+    if not alone:
+        return
+    dir_kind = Kind.DIR
+    for path, e in stored.items():
+        if e.kind is not dir_kind and parent(path) in alone:
+            res.entries[path] = Entry(e.kind, e.size, e.mtime_ns, e.mode, e.target)
+
+
 class PairSession:
     """Runs one path pair between two already-open endpoints."""
 
@@ -125,12 +140,14 @@ class PairSession:
         self.options = options
         self.stop = stop or threading.Event()
 
-    def _scan_both(self, rules: IgnoreRules) -> tuple[ScanResult, ScanResult]:
+    def _scan_both(
+        self, rules: IgnoreRules, expect: dict[RelPath, str] | None = None
+    ) -> tuple[ScanResult, ScanResult]:
         def scan(side: str, source: Endpoint | Future[Endpoint]) -> tuple[Endpoint, ScanResult]:
             ep = source.result() if isinstance(source, Future) else source
             self.reporter.scan_started(self.job, side, ep.description)
-            res = ep.scan(rules)
-            self.reporter.scan_done(self.job, side, len(res.entries))
+            res = ep.scan(rules, expect)
+            self.reporter.scan_done(self.job, side, len(res.entries) + sum(res.quiet.values()))
             return ep, res
 
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -187,7 +204,20 @@ class PairSession:
         two_way = self.pair.sync_type == ONE2ONE
         # the trash folder is never synced, on either side
         rules = IgnoreRules.from_patterns([*self.pair.exclude, TRASH_EXCLUDE])
-        sa, sb = self._scan_both(rules)
+        # Two-way, the ancestor's directory summaries go to both scans: where
+        # both sides still hold exactly the ancestor's files and links, none of
+        # them is listed, loaded, compared or recorded (see srsync.core.summary).
+        summaries = None
+        if two_way and self.state is not None:
+            summaries = self.state.ancestor_summaries(self.pair_key)
+        sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries)
+        # directory -> files and links left out on both sides
+        hidden = {d: n for d, n in sa.quiet.items() if d in sb.quiet}
+        stored: Snapshot = {}
+        if two_way and self.state is not None:
+            stored = self.state.load_ancestor(self.pair_key, skip=hidden)
+            _fill_quiet(sa, stored, hidden)
+            _fill_quiet(sb, stored, hidden)
         problems = [replace(p, side=p.side or "mirror") for p in sa.problems]
         problems += [replace(p, side=p.side or "target") for p in sb.problems]
         alpha, beta = _apply_ignore_files(sa, sb, rules, two_way)
@@ -213,11 +243,9 @@ class PairSession:
         precision = max(self.alpha.capabilities.mtime_precision_ns,
                         self.beta.capabilities.mtime_precision_ns)
         cmp = Comparator(precision_ns=precision, dir_mtime=not two_way)
-        stored: Snapshot = {}
         ancestor: Snapshot = {}
         decisions: dict[str, Policy] = {}
         if two_way and self.state is not None:
-            stored = self.state.load_ancestor(self.pair_key)
             ancestor = _drop_subtrees(stored, frozen)
             decisions = {p: Policy(k) for p, k in self.state.decisions(self.pair_key).items()}
 
@@ -247,7 +275,8 @@ class PairSession:
             alpha_root_exists=sa.root_exists,
             max_delete_percent=self.pair.max_delete,
             two_way=two_way,
-            ancestor_count=len(ancestor),
+            ancestor_count=len(ancestor) + sum(hidden.values()),
+            hidden=sum(hidden.values()),
             mirror_label=self.alpha.description,
             target_label=self.beta.description,
         )
@@ -285,7 +314,7 @@ class PairSession:
         res.applied.conflicts = len(rec.conflicts)
         res.problems.extend(ex.problems)
         if two_way and self.state is not None:
-            self._record(stored, rec, ex.failed_paths, frozen)
+            self._record(stored, rec, ex.failed_paths, frozen, hidden, migrate=summaries is None)
         if ex.error:
             raise ConnectError(ex.error)
         if ex.stopped:
@@ -300,14 +329,20 @@ class PairSession:
             res.outcome = NOTHING if plan.empty else OK
 
     def _record(
-        self, stored: Snapshot, rec: Reconciliation, failed: set[str], frozen: set[str]
+        self, stored: Snapshot, rec: Reconciliation, failed: set[str], frozen: set[str],
+        hidden: dict[RelPath, int], migrate: bool,
     ) -> None:
-        """Fold what was verifiably applied into the ancestor and save it atomically."""
+        """Fold what was verifiably applied into the ancestor and save it atomically.
+
+        The files and links of ``hidden`` directories were not loaded: they stay
+        as stored.  ``migrate`` rewrites an unchanged ancestor too (one stored
+        without directory summaries gets them).
+        """
         assert self.state is not None
         keep = set(frozen) | set(rec.unresolved)
         new = next_ancestor(stored, rec.final, failed, keep)
-        if new != stored or not self.state.has_ancestor(self.pair_key):
-            self.state.save_ancestor(self.pair_key, self.job, new)
+        if new != stored or migrate or not self.state.has_ancestor(self.pair_key):
+            self.state.save_ancestor(self.pair_key, self.job, new, hidden)
         self.state.set_conflicts(self.pair_key, self.job, [
             (c.path, c.reason, _describe_entry(c.alpha), _describe_entry(c.beta))
             for c in rec.conflicts if c.unresolved

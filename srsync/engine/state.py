@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from srsync.core.entry import Entry, Kind, Snapshot
-from srsync.core.paths import ROOT, parent
+from srsync.core.paths import ROOT, RelPath, parent
+from srsync.core.quiet import children_by_dir, summary_of
 
 if TYPE_CHECKING:
     from srsync.jobspec import JobSpec
@@ -59,6 +61,18 @@ CREATE TABLE IF NOT EXISTS ancestors (
     target TEXT,
     digest TEXT,
     PRIMARY KEY (pair, path)
+);
+-- the files and links of each directory of an ancestor, one row per
+-- directory (the directories themselves are rows of ``ancestors``); a pair
+-- with no rows here is in the first format, where ``ancestors`` holds every
+-- entry (read as such, rewritten on the next save)
+CREATE TABLE IF NOT EXISTS ancestor_dirs (
+    pair TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    children BLOB NOT NULL,
+    PRIMARY KEY (pair, dir)
 );
 CREATE TABLE IF NOT EXISTS ancestor_info (
     pair TEXT PRIMARY KEY,
@@ -177,42 +191,93 @@ class StateDB:
             )
 
     # ---- ancestors (two-way state) --------------------------------------
-    def load_ancestor(self, pair: str) -> Snapshot:
+    def ancestor_summaries(self, pair: str) -> dict[RelPath, str] | None:
+        """Each directory's summary (srsync.core.summary) of the files and links the
+        ancestor records there; None when there is no ancestor in this format."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dir, summary FROM ancestor_dirs WHERE pair = ?", (pair,)
+            ).fetchall()
+        return {r[0]: r[1] for r in rows} or None
+
+    def load_ancestor(self, pair: str, skip: Collection[RelPath] = ()) -> Snapshot:
+        """The ancestor, without the files and links of the directories in ``skip``."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT path, kind, size, mtime_ns, mode, target, digest FROM ancestors WHERE pair = ?",
                 (pair,),
             ).fetchall()
+            blobs = self._db.execute(
+                "SELECT dir, children FROM ancestor_dirs WHERE pair = ?", (pair,)
+            ).fetchall()
         kinds = {k.value: k for k in Kind}
-        return {r[0]: Entry(kinds[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+        snap = {r[0]: Entry(kinds[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+        for rel_dir, blob in blobs:
+            if rel_dir in skip:
+                continue
+            prefix = rel_dir + "/" if rel_dir else ""
+            for name, kind, size, mtime_ns, mode, target, digest in marshal.loads(blob):
+                snap[prefix + name] = Entry(kinds[kind], size, mtime_ns, mode, target, digest)
+        return snap
 
     def has_ancestor(self, pair: str) -> bool:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM ancestor_info WHERE pair = ?", (pair,)).fetchone()
         return row is not None
 
-    def save_ancestor(self, pair: str, job: str, snapshot: Snapshot) -> None:
-        """Replace a pair's ancestor in one transaction, after checking it is a valid tree."""
+    def save_ancestor(
+        self, pair: str, job: str, snapshot: Snapshot, kept: Mapping[RelPath, int] | None = None
+    ) -> None:
+        """Replace a pair's ancestor in one transaction, after checking it is a valid tree.
+
+        ``kept`` maps directories whose files and links are not in ``snapshot``
+        to how many there are: their stored rows stay as they are (a directory
+        no longer in the tree loses them).
+        """
         for path, entry in snapshot.items():
             par = parent(path)
             if par != ROOT and (par not in snapshot or snapshot[par].kind is not Kind.DIR):
                 raise ValueError(f"ancestor for {pair!r} is not a tree: {path!r} has no directory parent")
             if entry.kind is Kind.LINK and entry.target is None:
                 raise ValueError(f"ancestor for {pair!r}: link {path!r} without a target")
-        rows = [
+        groups = children_by_dir(snapshot)
+        keep = {d: n for d, n in (kept or {}).items() if d in groups}
+        for d in keep:
+            if groups[d]:
+                raise ValueError(f"ancestor for {pair!r}: {d!r} is both kept and given")
+        dirs = [
             (pair, p, e.kind.value, e.size, e.mtime_ns, e.mode, e.target, e.digest)
-            for p, e in snapshot.items()
+            for p, e in snapshot.items() if e.kind is Kind.DIR
+        ]
+        children = [
+            (pair, d, summary_of(group), len(group), marshal.dumps([
+                (name, e.kind.value, e.size, e.mtime_ns, e.mode, e.target, e.digest) for name, e in group
+            ]))
+            for d, group in groups.items() if d not in keep
         ]
         with self._lock, self._db:
             self._db.execute("DELETE FROM ancestors WHERE pair = ?", (pair,))
             self._db.executemany(
                 "INSERT INTO ancestors (pair, path, kind, size, mtime_ns, mode, target, digest)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                dirs,
+            )
+            if keep:
+                stored = [r[0] for r in self._db.execute(
+                    "SELECT dir FROM ancestor_dirs WHERE pair = ?", (pair,)).fetchall()]
+                self._db.executemany(
+                    "DELETE FROM ancestor_dirs WHERE pair = ? AND dir = ?",
+                    [(pair, d) for d in stored if d not in keep],
+                )
+            else:
+                self._db.execute("DELETE FROM ancestor_dirs WHERE pair = ?", (pair,))
+            self._db.executemany(
+                "INSERT INTO ancestor_dirs (pair, dir, summary, count, children) VALUES (?, ?, ?, ?, ?)",
+                children,
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO ancestor_info (pair, job, saved, entries) VALUES (?, ?, ?, ?)",
-                (pair, job, time.time(), len(rows)),
+                (pair, job, time.time(), len(snapshot) + sum(keep.values())),
             )
 
     # ---- conflicts left for review, and the user's decisions ------------
