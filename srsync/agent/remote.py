@@ -775,6 +775,10 @@ class Agent:
         problems_before = len(problems)
         prefix = rel_dir + "/" if rel_dir else ""
         disk_prefix = disk_dir + "/" if disk_dir else ""
+        if want is not None and FS_UTF8 and self._quiet_listing(
+            rel_dir, prefix, disk_prefix, dfd, items, rules, want, batch, blobs, stack
+        ):
+            return
         # (on-disk name as text, valid UTF-8, DirEntry), sorted by text
         named: list[tuple[str, bool, Any]] = []
         all_ascii = True  # then no two names can be one after NFC, and none changes
@@ -871,6 +875,77 @@ class Agent:
             batch["d"].append(record)
             if blob:
                 blobs.append(blob)
+
+    def _quiet_listing(
+        self,
+        rel_dir: str,
+        prefix: str,
+        disk_prefix: str,
+        dfd: int | None,
+        items: list[Any],
+        rules: IgnoreRules,
+        want: str,
+        batch: dict[str, Any],
+        blobs: list[bytes],
+        stack: list[tuple[str, str]],
+    ) -> bool:
+        """A directory of plain ASCII names whose files and links summarise as ``want``:
+        list only its subdirectories.  False (nothing done) when anything differs or
+        needs the full listing's care (other names, temp files, special files, errors)."""
+        records: list[str] = []
+        add = records.append
+        subdirs: list[tuple[str, Any]] = []
+        ignore_file = False
+        has_rules = bool(rules.rules)
+        for item in items:
+            name = item.name
+            if not isinstance(name, str) or not name.isascii() or name in BAD_NAMES or name.startswith(TEMP_PREFIX):
+                return False
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                return False
+            mode = st.st_mode
+            fmt = mode & S_IFMT
+            if has_rules and rules.is_excluded(prefix + name, fmt == S_IFDIR):
+                continue
+            if fmt == S_IFREG:
+                add(f"{name}\0f\0{st.st_size}\0{st.st_mtime_ns}\0{mode & 0o7777}\0")  # file_record, inlined
+                if name == IGNORE_FILE:
+                    ignore_file = True
+            elif fmt == S_IFDIR:
+                subdirs.append((name, st))
+            elif fmt == S_IFLNK:
+                try:
+                    target = os.fsencode(os.readlink(item.path, dir_fd=dfd)).decode("utf-8")
+                except (OSError, UnicodeDecodeError):
+                    return False
+                add(link_record(name, target))
+            else:
+                return False
+        if summarize(records) != want:
+            return False
+        if ignore_file:
+            self._read_ignore_file(prefix + IGNORE_FILE, rel_dir, dfd, IGNORE_FILE, batch)
+        if subdirs:
+            subdirs.sort()
+            for name, _ in subdirs:
+                stack.append((prefix + name, disk_prefix + name))
+            record, blob = scan_columns(
+                rel_dir,
+                [name for name, _ in subdirs],
+                ["d"] * len(subdirs),
+                [0] * len(subdirs),
+                [st.st_mtime_ns for _, st in subdirs],
+                [st.st_mode & 0o7777 for _, st in subdirs],
+                [st.st_ino for _, st in subdirs],
+                [],
+            )
+            batch["d"].append(record)
+            if blob:
+                blobs.append(blob)
+        batch["q"].append([rel_dir, len(records)])
+        return True
 
     @staticmethod
     def _read_ignore_file(rel: str, rel_dir: str, dfd: int | None, path: Any, batch: dict[str, Any]) -> None:
