@@ -222,3 +222,45 @@ def _rekey_state(state: Path, m0: Path, t0: Path, m: Path, t: Path) -> None:
                 db.execute(f"UPDATE {table} SET pair = ? WHERE pair = ?",
                            (pair.replace(str(m0), str(m)).replace(str(t0), str(t)), pair))
     db.close()
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_quiet_directories_through_the_helper(
+    direction: str, sshd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote helper leaves out directories that still match the ancestor, and a
+    change on either side inside one is still found and synced."""
+    from srsync.core.entry import ScanResult
+    from srsync.endpoints.agent import AgentEndpoint
+
+    remote_scans: list[ScanResult] = []
+    real = AgentEndpoint.scan
+
+    def scan(self: AgentEndpoint, rules: Any, expect: Any = None) -> ScanResult:
+        res = real(self, rules, expect)
+        remote_scans.append(res)
+        return res
+
+    monkeypatch.setattr(AgentEndpoint, "scan", scan)
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {**{f"d{i}/f{j}": f"{i}{j}".encode() for i in range(5) for j in range(4)},
+                  "ünï/f": b"u", "ünï/l": "->f"})
+    job = job_for(direction, sshd, m, t)
+    assert run(job).exit_code == 0
+    assert run(job).pairs[0].outcome == "unchanged"
+    assert remote_scans[-1].quiet == {"": 0, "ünï": 2, **{f"d{i}": 4 for i in range(5)}}
+    assert set(remote_scans[-1].entries) == {"ünï", *(f"d{i}" for i in range(5))}
+
+    remote, local = (t, m) if direction == "push" else (m, t)
+    write(remote / "d2/f1", b"edited on the remote side")
+    write(local / "ünï/f", b"edited on the local side")
+    (remote / "d4/f0").unlink()
+    r = run(job)
+    assert r.exit_code == 0, r.pairs[0].error
+    assert set(remote_scans[-1].quiet) == {"", "ünï", "d0", "d1", "d3"}
+    assert tree_state(m) == tree_state(t)
+    assert (local / "d2/f1").read_bytes() == b"edited on the remote side"
+    assert (remote / "ünï/f").read_bytes() == b"edited on the local side"
+    assert not (local / "d4/f0").exists()
+    assert run(job).pairs[0].outcome == "unchanged"
+    assert len(remote_scans[-1].quiet) == 7
