@@ -892,15 +892,19 @@ class Agent:
         """A directory of plain ASCII names whose files and links summarise as ``want``:
         list only its subdirectories.  False (nothing done) when anything differs or
         needs the full listing's care (other names, temp files, special files, errors)."""
+        names = [item.name for item in items]
+        if not all(isinstance(name, str) for name in names):
+            return False
+        joined = "\0".join(names)
+        # (scandir never yields "", "." or ".."; a temp name anywhere takes the full listing)
+        if not joined.isascii() or TEMP_PREFIX in joined:
+            return False
         records: list[str] = []
         add = records.append
         subdirs: list[tuple[str, Any]] = []
         ignore_file = False
         has_rules = bool(rules.rules)
-        for item in items:
-            name = item.name
-            if not isinstance(name, str) or not name.isascii() or name in BAD_NAMES or name.startswith(TEMP_PREFIX):
-                return False
+        for item, name in zip(items, names):  # noqa: B905  (python 3.8: no strict=)
             try:
                 st = item.stat(follow_symlinks=False)
             except OSError:
