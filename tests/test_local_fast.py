@@ -14,6 +14,7 @@ import errno
 import os
 import threading
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -279,12 +280,15 @@ def _steps(root: Path) -> list[Step]:
     ]
 
 
-def test_apply_steps_matches_slow_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unnamed", [True, False], ids=["o_tmpfile", "named-temp"])
+def test_apply_steps_matches_slow_path(tmp_path: Path, unnamed: bool) -> None:
     fast_root, slow_root = tmp_path / "fast", tmp_path / "slow"
     make_tree(fast_root, _TREE)
     make_tree(slow_root, _TREE)
     fast_steps = _steps(fast_root)
-    fast = [_plain(r) for r in LocalEndpoint(str(fast_root)).apply_steps(fast_steps)]
+    fast_ep = LocalEndpoint(str(fast_root))
+    fast_ep._tmpfile = fast_ep._tmpfile and unnamed
+    fast = [_plain(r) for r in fast_ep.apply_steps(fast_steps)]
     slow_ep = LocalEndpoint(str(slow_root))
     slow = [_plain(r) for r in Endpoint.apply_steps(slow_ep, _steps(slow_root))]
     # a small write done reports nothing (None: written as asked, no fstat per file), a
@@ -336,6 +340,23 @@ def test_guarded_write_refused_when_target_changed_after_scan(tmp_path: Path) ->
     (got,) = list(ep.apply_steps([step]))
     assert isinstance(got, OSError) and got.errno == errno.EAGAIN
     assert not (tmp_path / "elsewhere").exists() and _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["o_tmpfile", "named-temp"])
+def test_a_name_taken_while_a_new_file_is_written_is_never_replaced(tmp_path: Path, unnamed: bool) -> None:
+    ep = LocalEndpoint(str(tmp_path))
+    ep._tmpfile = ep._tmpfile and unnamed
+
+    def racing() -> Iterator[bytes]:
+        yield b"first half "
+        (tmp_path / "f").write_bytes(b"created meanwhile")  # after the scan, during the write
+        yield b"second half"
+
+    step = Step(StepKind.WRITE, "f", None, Entry(Kind.FILE, 22, T0, 0o644), chunks=racing())
+    (got,) = list(ep.apply_steps([step]))
+    assert isinstance(got, OSError) and got.errno == errno.EAGAIN
+    assert (tmp_path / "f").read_bytes() == b"created meanwhile"
+    assert sorted(os.listdir(tmp_path)) == ["f"]  # no temporary file left either
 
 
 def test_failing_chunks_leave_nothing_behind(tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ _BAD_NAMES = frozenset(("", ".", ".."))
 _TEMP_ROOM = NAME_MAX - len(TEMP_PREFIX) - 17  # name bytes beside a 16-hex-digit token and "-"
 _DIR_CACHE_MAX = 65536
 _ACCESS_AT = os.access in os.supports_dir_fd and os.access in os.supports_follow_symlinks
+# New files can be written unnamed (O_TMPFILE) and then linked in, which fails
+# where the name is taken: an install that can never replace anything (Linux)
+_TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | _CLOEXEC
+_TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.path.isdir("/proc/self/fd")
 _UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
 _TWINS = "two names differ only in Unicode normalisation; both skipped"
 
@@ -128,6 +132,7 @@ class LocalEndpoint(Endpoint):
         # (depends on _disk_names only, so a scan clears it)
         self._dirs: dict[RelPath, str] = {}
         self._new_temp_token()
+        self._tmpfile = _TMPFILE
 
     @property
     def description(self) -> str:
@@ -567,6 +572,16 @@ class LocalEndpoint(Endpoint):
 
         The stored state (fstat) is returned when ``report``, else None.
         """
+        if self._tmpfile and step is not None and step.guarded and step.expected is None:
+            try:
+                fd = os.open(".", _TMPFILE_FLAGS, 0o600, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    self._guard(dfd, name, step)  # a changed target is reported as such
+                    raise
+                self._tmpfile = False  # not on this filesystem: named temporary files
+            else:
+                return self._write_new(fd, dfd, name, data, chunks, mode, mtime_ns, step.path, report)
         tmp = self._temp_name(name)
         try:
             try:
@@ -596,6 +611,43 @@ class LocalEndpoint(Endpoint):
             with suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+        if s is None:
+            return None
+        return Entry(_FILE, s.st_size, s.st_mtime_ns, s.st_mode & 0o7777, None, None, s.st_ino)
+
+    @staticmethod
+    def _write_new(
+        fd: int,
+        dfd: int,
+        name: str,
+        data: bytes | None,
+        chunks: Iterator[bytes] | None,
+        mode: int,
+        mtime_ns: int,
+        path: RelPath,
+        report: bool,
+    ) -> Entry | None:
+        """Fill the unnamed file ``fd`` and link it in as ``name``, where nothing may be.
+
+        The link fails if anything took the name since the scan (reported as
+        changed); until it succeeds there is nothing to clean up anywhere.
+        """
+        try:
+            if chunks is not None:
+                for block in chunks:
+                    if block:
+                        _write_all(fd, block)
+            elif data:
+                _write_all(fd, data)
+            os.fchmod(fd, mode & 0o7777)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            s = os.fstat(fd) if report else None
+            try:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+            except FileExistsError:
+                raise _changed(path) from None
+        finally:
+            os.close(fd)
         if s is None:
             return None
         return Entry(_FILE, s.st_size, s.st_mtime_ns, s.st_mode & 0o7777, None, None, s.st_ino)
