@@ -279,3 +279,29 @@ def test_paths_deeper_than_the_descriptor_limit(agent_endpoint_factory: AgentFac
     (result,) = ep.apply_steps([Step(StepKind.WRITE, leaf, None, _file(size=1), data=b"x")])
     assert isinstance(result, NotADirectoryError)
     assert os.listdir(tmp_path / "moved") == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["o_tmpfile", "named-temp"])
+def test_helper_put_of_a_new_file_never_replaces_a_taken_name(tmp_path: Path, unnamed: bool) -> None:
+    """The helper's small-file write, run in this process: unnamed (O_TMPFILE, linked in)
+    where the platform has it, else through a named temporary file."""
+    import errno
+    import io
+
+    agent = remote.Agent(io.BytesIO(), io.BytesIO())
+    agent.root = os.fsencode(tmp_path)
+    agent.tmpfile = agent.tmpfile and unnamed
+    (tmp_path / "taken").write_bytes(b"already there")
+    own = agent._scope()
+    try:
+        agent._put(["new", 0o640, T0, [None]], b"content")
+        with pytest.raises(remote.CallFailed) as refused:
+            agent._put(["taken", 0o640, T0, [None]], b"content")
+    finally:
+        if own:
+            agent._end_scope()
+    assert refused.value.code == errno.EAGAIN
+    assert (tmp_path / "taken").read_bytes() == b"already there"
+    st = os.stat(tmp_path / "new")
+    assert ((tmp_path / "new").read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns) == (b"content", 0o640, T0)
+    assert sorted(os.listdir(tmp_path)) == ["new", "taken"]

@@ -120,6 +120,9 @@ HAVE_DIR_FD = all(
 )
 SCAN_FD = os.scandir in os.supports_fd and HAVE_DIR_FD
 QUICK_ABSENT = HAVE_DIR_FD and os.access in os.supports_dir_fd and os.access in os.supports_follow_symlinks
+# a new file written unnamed and linked in: the link fails where the name is taken (Linux)
+TMPFILE = HAVE_DIR_FD and hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY
 FS_UTF8 = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
 S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = 0o170000, statmod.S_IFREG, statmod.S_IFDIR, statmod.S_IFLNK
 BAD_NAMES = frozenset(("", ".", ".."))
@@ -256,6 +259,7 @@ class Agent:
         self.temp_tag = os.urandom(6).hex().encode("ascii")
         self.temp_stem = TEMP_PREFIX.encode("ascii") + self.temp_tag
         self.temp_count = 0
+        self.tmpfile = TMPFILE
         # directories resolved during the current call (None: no call holds any)
         self.dirs: dict[str, DirSlot] | None = None
         self.dir_fds: list[int] = []
@@ -1193,21 +1197,28 @@ class Agent:
         if exact is None and (mode & 0o7000 or not mode & 0o200):
             # setuid/setgid/sticky, or not writable by us while we fill it: 0600, then fchmod
             exact = modes[mode] = False
-        fd = os.open(tmp, NEW_FILE, 0o600 if exact is False else mode, dir_fd=dfd)
+        create_mode = 0o600 if exact is False else mode
+        if self.tmpfile and guard is not None and guard[0] is None and dfd is not None:
+            try:
+                fd = os.open(b".", TMPFILE_FLAGS, create_mode, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self.tmpfile = False  # not on this filesystem: named temporary files
+            else:
+                try:
+                    self._fill_new(fd, raw, mode, mtime_ns, exact, modes)
+                    try:
+                        os.link(b"/proc/self/fd/%d" % fd, prefix + bname, dst_dir_fd=dfd, follow_symlinks=True)
+                    except FileExistsError:
+                        raise CallFailed(errno.EAGAIN, CHANGED, self._shown(rel)) from None
+                finally:
+                    os.close(fd)
+                return
+        fd = os.open(tmp, NEW_FILE, create_mode, dir_fd=dfd)
         try:
             try:
-                if raw:
-                    written = os.write(fd, raw)
-                    if written < len(raw):
-                        self._write_all(fd, raw[written:])
-                if exact is None:
-                    # umask, default ACLs: look once per directory and mode
-                    exact = modes[mode] = os.fstat(fd).st_mode & 0o7777 == mode
-                    if not exact:
-                        os.fchmod(fd, mode)
-                elif not exact:
-                    os.fchmod(fd, mode)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                self._fill_new(fd, raw, mode, mtime_ns, exact, modes)
             finally:
                 os.close(fd)
             final = prefix + bname
@@ -1225,6 +1236,23 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+
+    def _fill_new(
+        self, fd: int, raw: bytes, mode: int, mtime_ns: int, exact: bool | None, modes: dict[int, bool]
+    ) -> None:
+        """Write a small file's content, then its mode (unless created exact) and mtime."""
+        if raw:
+            written = os.write(fd, raw)
+            if written < len(raw):
+                self._write_all(fd, raw[written:])
+        if exact is None:
+            # umask, default ACLs: look once per directory and mode
+            exact = modes[mode] = os.fstat(fd).st_mode & 0o7777 == mode
+            if not exact:
+                os.fchmod(fd, mode)
+        elif not exact:
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
 
     def _rename_in(self, dfd: int | None, tmp: bytes, final: bytes, rel: str) -> None:
         """Rename ``tmp`` over ``final`` inside directory ``dfd``; a directory in the way is EISDIR."""
