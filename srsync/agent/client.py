@@ -43,6 +43,7 @@ from srsync.agent.remote import (
 from srsync.errors import ConnectError
 
 SEND_BUFFER = 256 * 1024  # buffered outgoing bytes that trigger a send
+_SEND_AS_IS = 64 * 1024  # a buffered piece this big is sent without joining (copying) it
 RECV_SIZE = 1024 * 1024
 GARBAGE_LIMIT = 64 * 1024  # shell start-up noise tolerated before the helper's magic
 NOT_FOUND = 127  # what POSIX shells exit with for an unknown command
@@ -255,12 +256,23 @@ class AgentClient:
                 self._flush_locked()
 
     def _flush_locked(self) -> None:
+        """Send what is buffered: small pieces joined, big ones as they are (no copy)."""
         if not self._out:
             return
-        data = b"".join(self._out)
-        self._out.clear()
+        out = self._out
+        self._out = []
         self._out_size = 0
-        self._channel.send(data)
+        small: list[bytes] = []
+        for piece in out:
+            if len(piece) < _SEND_AS_IS:
+                small.append(piece)
+                continue
+            if small:
+                self._channel.send(b"".join(small))
+                small = []
+            self._channel.send(piece)
+        if small:
+            self._channel.send(b"".join(small))
 
     def flush(self) -> None:
         with self._send_lock:
