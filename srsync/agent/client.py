@@ -295,6 +295,9 @@ class AgentClient:
 
     def data(self, call: Call, raw: bytes | bytearray | memoryview) -> None:
         # one frame per piece: MAX_FRAME bounds what the helper accepts
+        if len(raw) <= RECV_SIZE * 4:
+            self._emit(DATA, call.rid, None, raw)  # (bytes go on as they are: no copy)
+            return
         view = memoryview(raw)
         for start in range(0, len(view), RECV_SIZE * 4):
             self._emit(DATA, call.rid, None, view[start : start + RECV_SIZE * 4])
