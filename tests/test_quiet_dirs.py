@@ -165,3 +165,23 @@ def test_save_keeps_the_rows_of_kept_directories(tmp_path: Path) -> None:
         assert state.load_ancestor("p") == {"b": dir_entry()}  # (nothing written)
     finally:
         state.close()
+
+
+def test_a_quiet_root_still_gives_the_case_probe_its_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The case-folding probe looks up top-level names with their case swapped; a quiet
+    root lists no files, but the probe must still get them (a case-folding target
+    needs the collision checks)."""
+    make_tree(tmp_path / "r", {"Alpha.txt": b"a", "Beta.txt": b"b"})
+    ep = LocalEndpoint(str(tmp_path / "r"))
+    probed: list[list[str]] = []
+    real = LocalEndpoint._probe_case
+
+    def probe(self: LocalEndpoint, names: list[str]) -> None:
+        probed.append(sorted(names))
+        real(self, names)
+
+    monkeypatch.setattr(LocalEndpoint, "_probe_case", probe)
+    full = ep.scan(IgnoreRules())
+    quiet = ep.scan(IgnoreRules(), snapshot_summaries(full.entries))
+    assert quiet.quiet == {"": 2} and quiet.entries == {}
+    assert probed == [["Alpha.txt", "Beta.txt"], ["Alpha.txt", "Beta.txt"]]

@@ -25,7 +25,6 @@ import secrets
 import stat as st
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, suppress
-from itertools import islice
 from typing import BinaryIO, cast
 
 from srsync.core.entry import Entry, Kind, Problem, ScanResult
@@ -133,6 +132,7 @@ class LocalEndpoint(Endpoint):
         self._dirs: dict[RelPath, str] = {}
         self._new_temp_token()
         self._tmpfile = _TMPFILE
+        self._top_names: list[str] = []  # the root's first names, for the case probe
 
     @property
     def description(self) -> str:
@@ -209,7 +209,7 @@ class LocalEndpoint(Endpoint):
         # through a symlink below the root) and listed by fd, so the lstat of
         # every entry resolves one name, not the whole path
         pending: list[tuple[RelPath, str]] = [(ROOT, self.root)]
-        top: list[RelPath] | None = None
+        self._top_names = []  # (set by the root's listing, quiet or not)
         while pending:
             rel_dir, disk_dir = pending.pop()
             try:
@@ -221,9 +221,7 @@ class LocalEndpoint(Endpoint):
                 self._scan_dir(fd, rel_dir, disk_dir, rules, result, pending, expected.get(rel_dir))
             finally:
                 os.close(fd)
-            if top is None:
-                top = list(islice(result.entries, 8))  # only top-level entries so far
-        self._probe_case(top or [])
+        self._probe_case(self._top_names)
         return result
 
     def _scan_dir(
@@ -263,6 +261,8 @@ class LocalEndpoint(Endpoint):
             rels = [prefix + name for name in names] if prefix else names
         else:
             items, names, rels = self._check_names(items, rel_dir, prefix, result)
+        if not rel_dir:
+            self._top_names = names[:8]  # for the case probe, even when the root is quiet
         entries = result.entries
         # (an all-dir_only rule set never excludes a file or link: skip asking)
         check_files = any(not r.dir_only for r in rules.rules)
