@@ -250,8 +250,11 @@ def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]
         pool.prestart(spec)
     if pool.helper_enabled:
         # build the helper's program now, while the handshake waits for the server
-        # (with the bytecode: the usual case is a server not far away)
+        # (with the bytecode: the usual case is a server not far away), and load the
+        # endpoint that will drive it: imported when the helper answers, it would
+        # stand between that answer and the first request (~20 ms)
         from srsync.agent import payload
+        from srsync.endpoints import agent  # noqa: F401
 
         payload()
     with _warm_lock:
