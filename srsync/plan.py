@@ -87,7 +87,8 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
 
     # hot loop (one pass per changed path): positional construction, locals, inlined parent()
     file_kind, dir_kind, meta_diff = Kind.FILE, Kind.DIR, Diff.META
-    copy_op, link_op = OpKind.COPY, OpKind.LINK
+    copy_op, link_op, remove_op, meta_op, mkdir_op = (
+        OpKind.COPY, OpKind.LINK, OpKind.REMOVE, OpKind.META, OpKind.MKDIR)
     add_touched = touched_dirs.add
     for ch in changes:
         old, new, path = ch.old, ch.new, ch.path
@@ -95,27 +96,27 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
         par = path[:i] if i > 0 else ROOT
         if new is None:
             assert old is not None
-            removes.append(Operation(OpKind.REMOVE, path, side, old))
+            removes.append(Operation(remove_op, path, side, old))
             stats.deleted += 1
             add_touched(par)
             continue
         if ch.diff is meta_diff:
             assert old is not None
             if new.kind is dir_kind:
-                dir_meta[path] = Operation(OpKind.META, path, side, old, new)
+                dir_meta[path] = Operation(meta_op, path, side, old, new)
             else:
-                file_meta.append(Operation(OpKind.META, path, side, old, new))
+                file_meta.append(Operation(meta_op, path, side, old, new))
             stats.meta += 1
             continue
         expected = old
         if old is not None and (old.kind is dir_kind) != (new.kind is dir_kind):
             # clearing the way for a type change: counted as the update it is part of
-            removes.append(Operation(OpKind.REMOVE, path, side, old, None, True))
+            removes.append(Operation(remove_op, path, side, old, None, True))
             expected = None
         add_touched(par)
         if new.kind is dir_kind:
-            mkdirs.append(Operation(OpKind.MKDIR, path, side, expected, new, old is not None))
-            dir_meta[path] = Operation(OpKind.META, path, side, None, new)
+            mkdirs.append(Operation(mkdir_op, path, side, expected, new, old is not None))
+            dir_meta[path] = Operation(meta_op, path, side, None, new)
             if old is None:
                 stats.created += 1
             else:
@@ -136,8 +137,8 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
         if d == ROOT or d in dir_meta:
             continue
         src = source.get(d)
-        if src is not None and src.kind is Kind.DIR:
-            dir_meta[d] = Operation(OpKind.META, d, side, expected=None, entry=src)
+        if src is not None and src.kind is dir_kind:
+            dir_meta[d] = Operation(meta_op, d, side, expected=None, entry=src)
 
     removes.sort(key=lambda op: (-depth(op.path), op.path))
     mkdirs.sort(key=lambda op: (depth(op.path), op.path))

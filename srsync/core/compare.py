@@ -14,6 +14,11 @@ class Diff(enum.Enum):
     CONTENT = "content"  # different content or different kind
 
 
+# members read per compared pair, bound once (see srsync.core.entry)
+_SAME, _META, _CONTENT = Diff.SAME, Diff.META, Diff.CONTENT
+_FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
+
+
 @dataclass(frozen=True, slots=True)
 class Comparator:
     """Compares entries of two sides.
@@ -38,9 +43,9 @@ class Comparator:
     def content_equal(self, a: Entry, b: Entry) -> bool:
         if a.kind is not b.kind:
             return False
-        if a.kind is Kind.DIR:
+        if a.kind is _DIR:
             return True
-        if a.kind is Kind.LINK:
+        if a.kind is _LINK:
             return a.target == b.target
         if a.size != b.size:
             return False
@@ -51,27 +56,27 @@ class Comparator:
     def diff(self, a: Entry | None, b: Entry | None) -> Diff:
         # Hot path (called several times per path per run): one pass, no helper calls.
         if a is b:
-            return Diff.SAME
+            return _SAME
         if a is None or b is None:
-            return Diff.CONTENT
+            return _CONTENT
         kind = a.kind
         if kind is not b.kind:
-            return Diff.CONTENT
-        if kind is Kind.LINK:
-            return Diff.SAME if a.target == b.target else Diff.CONTENT
+            return _CONTENT
+        if kind is _LINK:
+            return _SAME if a.target == b.target else _CONTENT
         p = self.precision_ns
         same_time = a.mtime_ns == b.mtime_ns if p == 1 else a.mtime_ns // p == b.mtime_ns // p
-        if kind is Kind.FILE:
+        if kind is _FILE:
             if a.size != b.size:
-                return Diff.CONTENT
+                return _CONTENT
             da, db = a.digest, b.digest
             if da is not None and db is not None:
                 if da != db:
-                    return Diff.CONTENT
+                    return _CONTENT
             elif not same_time:
-                return Diff.CONTENT
+                return _CONTENT
         elif not self.dir_mtime:
             same_time = True
         if self.compare_mode and (a.mode & 0o7777) != (b.mode & 0o7777):
-            return Diff.META
-        return Diff.SAME if same_time else Diff.META
+            return _META
+        return _SAME if same_time else _META

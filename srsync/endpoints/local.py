@@ -54,6 +54,7 @@ from srsync.endpoints.base import (
 from srsync.endpoints.hashing import FD_CHUNK, digest_fd
 
 _FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
+_LINK_STEP, _META_STEP = StepKind.LINK, StepKind.META
 _IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, st.S_IFREG, st.S_IFDIR, st.S_IFLNK
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -700,7 +701,7 @@ class LocalEndpoint(Endpoint):
     def remove(self, path: RelPath, kind: Kind) -> None:
         if path == ROOT:
             raise PermissionError(errno.EPERM, "refusing to remove the root", self.root)
-        if kind is Kind.DIR:
+        if kind is _DIR:
             os.rmdir(self._abs(path))
         else:
             os.unlink(self._abs(path))
@@ -798,12 +799,12 @@ class LocalEndpoint(Endpoint):
 
     def _other_step(self, step: Step) -> None:
         entry = step.entry
-        if step.kind is StepKind.LINK:
+        if step.kind is _LINK_STEP:
             assert entry is not None and entry.target is not None
             self._symlink(step.path, entry.target, step)
             return
         full = self._abs(step.path)
-        if step.kind is StepKind.META:
+        if step.kind is _META_STEP:
             assert entry is not None
             current = self._lstat(full)
             if step.guarded:

@@ -29,6 +29,10 @@ class ExecResult:
 # applied operations are reported this many at a time (a reporter call per file costs
 # about as much as writing a small file; progress is shown a few times a second anyway)
 _REPORT_OPS = 64
+# enum members read per operation, bound once (see srsync.core.entry)
+_COPY, _LINK_OP, _MKDIR, _META = OpKind.COPY, OpKind.LINK, OpKind.MKDIR, OpKind.META
+_REMOVE, _RENAME, _DIR = OpKind.REMOVE, OpKind.RENAME, Kind.DIR
+_CREATES = (_COPY, _LINK_OP, _MKDIR)
 
 
 def _describe(exc: OSError) -> str:
@@ -97,7 +101,7 @@ class Executor:
 
     def _batchable(self, op: Operation) -> bool:
         """Operations that need nothing kept in the trash first can be pipelined."""
-        return self.trash is None or op.expected is None or op.expected.kind is Kind.DIR
+        return self.trash is None or op.expected is None or op.expected.kind is _DIR
 
     def _apply_op(self, op: Operation) -> None:
         dest, src = (self.alpha, self.beta) if op.side == ALPHA else (self.beta, self.alpha)
@@ -105,21 +109,21 @@ class Executor:
 
     def _apply(self, op: Operation, dest: Endpoint, src: Endpoint) -> None:
         current = dest.stat(op.path)
-        if op.kind is OpKind.MKDIR:
+        if op.kind is _MKDIR:
             if current is not None and current.is_dir:
                 return
             self._check(op, current)
             assert op.entry is not None
             dest.mkdir(op.path, op.entry.mode)
             return
-        if op.kind is OpKind.RENAME:
+        if op.kind is _RENAME:
             assert op.new_path is not None
             self._check(op, current)
             if dest.stat(op.new_path) is not None:
                 raise OSError(errno.EEXIST, "conflict copy name is taken; skipped", op.new_path)
             dest.rename(op.path, op.new_path)
             return
-        if op.kind is OpKind.META:
+        if op.kind is _META:
             assert op.entry is not None
             if current is None or current.kind is not op.entry.kind:
                 raise OSError(errno.EAGAIN, "changed since scan; skipped", op.path)
@@ -128,26 +132,26 @@ class Executor:
             dest.set_meta(op.path, op.entry.mode, op.entry.mtime_ns)
             return
         self._check(op, current)
-        if op.kind is OpKind.REMOVE:
+        if op.kind is _REMOVE:
             assert op.expected is not None
-            if self.trash is not None and op.expected.kind is not Kind.DIR:
+            if self.trash is not None and op.expected.kind is not _DIR:
                 self.trash.keep_removed(dest, op.side, op.path, op.expected)
             else:
                 dest.remove(op.path, op.expected.kind)
-        elif op.kind is OpKind.COPY:
+        elif op.kind is _COPY:
             assert op.entry is not None
             kept = self._keep_replaced(op, dest)
             # unless the old version was just kept aside, ``current`` is what is there now
             transfer_file(src, dest, op.path, op.entry, self.job, self.reporter,
                           dest_known=not kept, dest_now=current)
-        elif op.kind is OpKind.LINK:
+        elif op.kind is _LINK_OP:
             assert op.entry is not None and op.entry.target is not None
             self._keep_replaced(op, dest)
             dest.symlink(op.path, op.entry.target)
 
     def _keep_replaced(self, op: Operation, dest: Endpoint) -> bool:
         """Keep the version ``op`` replaces in the trash; whether there was one to keep."""
-        if self.trash is not None and op.expected is not None and op.expected.kind is not Kind.DIR:
+        if self.trash is not None and op.expected is not None and op.expected.kind is not _DIR:
             self.trash.keep_replaced(dest, op.side, op.path, op.expected)
             return True
         return False
@@ -165,15 +169,15 @@ def _mark_failed(result: ExecResult, op: Operation) -> None:
 
 
 def _count(stats: PlanStats, op: Operation) -> None:
-    if op.kind is OpKind.REMOVE:
+    if op.kind is _REMOVE:
         if not op.is_update:  # a type change's removal counts with the create
             stats.deleted += 1
-    elif op.kind in (OpKind.COPY, OpKind.LINK, OpKind.MKDIR):
+    elif op.kind in _CREATES:
         if op.is_update:
             stats.updated += 1
         else:
             stats.created += 1
-        if op.kind is OpKind.COPY and op.entry is not None:
+        if op.kind is _COPY and op.entry is not None:
             stats.bytes += op.entry.size
-    elif op.kind is OpKind.META and op.expected is not None:
+    elif op.kind is _META and op.expected is not None:
         stats.meta += 1

@@ -228,9 +228,10 @@ class PairSession:
         # whole tree; an unreadable root shows as empty, which the guards and
         # the executor's re-checks already handle.)
         frozen = {p.path for p in problems if p.path != ROOT}
+        link_kind = Kind.LINK
         for label, snap in (("mirror", alpha), ("target", beta)) if two_way else (("mirror", alpha),):
             for path, e in snap.items():
-                if e.kind is Kind.LINK and e.target is not None and link_escapes(path, e.target):
+                if e.kind is link_kind and e.target is not None and link_escapes(path, e.target):
                     frozen.add(path)
                     problems.append(Problem(path, f"symlink points outside the root ({e.target}); skipped", label))
         frozen |= self._case_collisions(alpha, beta, two_way, problems)

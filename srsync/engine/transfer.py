@@ -52,6 +52,8 @@ _STEP_KINDS = {
     OpKind.REMOVE: StepKind.REMOVE,
     OpKind.META: StepKind.META,
 }
+# enum members read per operation, bound once (see srsync.core.entry)
+_COPY, _REMOVE, _WRITE, _FILE = OpKind.COPY, OpKind.REMOVE, StepKind.WRITE, Kind.FILE
 
 
 class SourceChanged(OSError):
@@ -115,7 +117,7 @@ def transfer_file(
     """
     if delta_eligible(src, dest, entry.size):
         current = dest_now if dest_known else dest.stat(path)
-        if current is not None and current.kind is Kind.FILE and current.size >= DELTA_MIN:
+        if current is not None and current.kind is _FILE and current.size >= DELTA_MIN:
             return transfer_delta(src, dest, path, entry, current, job, reporter)
     if entry.size <= SMALL_FILE:
         # whole, in one request each way: no per-chunk round trips for small files
@@ -126,10 +128,10 @@ def transfer_file(
         if len(data) != entry.size or not matches(after, entry):
             raise _changed(path)
         reporter.bytes_transferred(job, len(data))
-        step = Step(StepKind.WRITE, path, None, entry, guarded=False, data=data)
+        step = Step(_WRITE, path, None, entry, guarded=False, data=data)
     else:
         chunks = verified_chunks(src, path, entry, job, reporter)
-        step = Step(StepKind.WRITE, path, None, entry, guarded=False, chunks=chunks)
+        step = Step(_WRITE, path, None, entry, guarded=False, chunks=chunks)
     result = next(iter(dest.apply_steps([step])))
     if isinstance(result, OSError):
         raise result
@@ -313,7 +315,7 @@ def apply_operations(
     for op in ops:
         if stop.is_set():
             break
-        big = op.kind is OpKind.COPY and op.entry is not None and op.entry.size > SMALL_FILE
+        big = op.kind is _COPY and op.entry is not None and op.entry.size > SMALL_FILE
         step_ok = op.kind in _STEP_KINDS and (batchable is None or batchable(op))
         # a big file that is new where it goes has no old copy to delta against:
         # it streams as a guarded step, and back-to-back ones overlap (striped uploads)
@@ -365,7 +367,7 @@ def _apply_big_run(
             reporter.op_started(job, op)
             started.append(op)
             chunks = verified_chunks(src, op.path, entry, job, reporter)
-            yield Step(StepKind.WRITE, op.path, None, entry, True, chunks=chunks)
+            yield Step(_WRITE, op.path, None, entry, True, chunks=chunks)
 
     for result in dest.apply_steps(steps()):
         yield started.popleft(), result if isinstance(result, OSError) else None
@@ -381,9 +383,8 @@ def _apply_run(
 ) -> Iterator[tuple[Operation, Outcome]]:
     dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
     contents = src.read_files([FileRead(op.path, op.entry.size) for op in run
-                               if op.kind is OpKind.COPY and op.entry is not None])
+                               if op.kind is _COPY and op.entry is not None])
     slots: deque[_Slot] = deque()
-    copy, remove = OpKind.COPY, OpKind.REMOVE
     # bytes read are reported in batches: one hook call per file costs more than the copy
     unreported = 0
     started = reporter.op_started
@@ -397,7 +398,7 @@ def _apply_run(
             slot = _Slot(op)
             slots.append(slot)
             data: bytes | None = None
-            if op.kind is copy:
+            if op.kind is _COPY:
                 entry = op.entry
                 assert entry is not None
                 got = next(contents)
@@ -412,9 +413,9 @@ def _apply_run(
                 if unreported >= _REPORT_BYTES:
                     reporter.bytes_transferred(job, unreported)
                     unreported = 0
-                yield Step(StepKind.WRITE, op.path, op.expected, entry, True, data)
+                yield Step(_WRITE, op.path, op.expected, entry, True, data)
             else:
-                entry = op.entry if op.kind is not remove else None
+                entry = op.entry if op.kind is not _REMOVE else None
                 yield Step(_STEP_KINDS[op.kind], op.path, op.expected, entry)
 
     def ready() -> Iterator[tuple[Operation, Outcome]]:
