@@ -1,5 +1,5 @@
 """Entry point for ``python -m srsync``."""
 
-from srsync.cli.main import run
+from srsync.cli import main
 
-run()
+main()

@@ -21,6 +21,7 @@ import typer
 
 from srsync import errors
 from srsync.cli.coerce import SrsyncCommand, SrsyncGroup
+from srsync.cli.early import warm_up_jobs
 
 if TYPE_CHECKING:
     from srsync.engine.daemon import JobSource
@@ -86,7 +87,7 @@ def execute_jobs(
 ) -> None:
     """Run jobs once, print the summary, exit with the combined code."""
     jobs = [j for j in jobs if j.enabled]
-    _warm_up(jobs)
+    warm_up_jobs(jobs)
     _quiet_gc()
     from srsync.engine.runner import combine_exit, run_jobs
     from srsync.engine.session import SyncOptions
@@ -135,30 +136,6 @@ def _quiet_gc() -> None:
 
     gc.freeze()
     gc.set_threshold(70_000, 10, 10)
-
-
-def _warm_up(jobs: list[JobSpec]) -> None:
-    """Start connecting each job's first target before the engine is even imported.
-
-    Loading the engine, the state database and the local scan then overlap the SSH
-    handshake and the remote helper's start (a shell and an interpreter on the server:
-    the largest fixed cost of a run).
-    """
-    todo = []
-    for job in jobs:
-        target = next((t for t in job.targets if t.enabled), None)
-        if target is not None:
-            specs = [loc.conn for pair in target.pairs for loc in (pair.mirror, pair.target) if loc.conn is not None]
-            if specs:
-                todo.append((job, target.name, specs))
-    if not todo:
-        return
-    import srsync.ssh.connection  # noqa: F401  (CPU-bound: first, before anything competes)
-    from srsync.endpoints.registry import warm_up
-    from srsync.engine.state import state_dir_for
-
-    for job, target_name, specs in todo:
-        warm_up(job.name, target_name, state_dir_for(job), specs)
 
 
 def run_daemon(

@@ -236,17 +236,27 @@ class EndpointPool:
 
 
 # Pools whose connections a one-shot run started before loading the engine (warm_up),
-# by (job name, target name), until the runner takes them (take_pool).
+# by (job name, target name), until the runner takes them (take_pool), with the specs
+# (and cache folder) each was started for.
 _warm: dict[tuple[str, str], EndpointPool] = {}
+_warm_for: dict[tuple[str, str], tuple[tuple[ConnSpec, ...], Path | None]] = {}
 _warm_lock = threading.Lock()
 
 
 def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]) -> None:
-    """Begin connecting ``specs`` for ``target`` of ``job`` (see EndpointPool.prestart)."""
+    """Begin connecting ``specs`` for ``target`` of ``job`` (see EndpointPool.prestart).
+
+    Asked again for the same specs (the entry point's head start, then the command
+    itself), the pool already under way is kept.
+    """
     if not specs:
         return
+    wanted = (tuple(dict.fromkeys(specs)), cache_dir)
+    with _warm_lock:
+        if _warm_for.get((job, target)) == wanted and (job, target) in _warm:
+            return
     pool = EndpointPool(cache_dir=cache_dir)
-    for spec in dict.fromkeys(specs):
+    for spec in wanted[0]:
         pool.prestart(spec)
     if pool.helper_enabled:
         # build the helper's program now, while the handshake waits for the server
@@ -260,6 +270,7 @@ def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]
     with _warm_lock:
         old = _warm.pop((job, target), None)
         _warm[(job, target)] = pool
+        _warm_for[(job, target)] = wanted
     if old is not None:
         old.close()
 
@@ -268,6 +279,7 @@ def take_pool(job: str, target: str, cache_dir: Path | None) -> EndpointPool:
     """The pool warm_up started for ``target`` of ``job``, else a new one."""
     with _warm_lock:
         pool = _warm.pop((job, target), None)
+        _warm_for.pop((job, target), None)
     return pool if pool is not None else EndpointPool(cache_dir=cache_dir)
 
 
@@ -276,5 +288,6 @@ def drop_warm() -> None:
     with _warm_lock:
         pools = list(_warm.values())
         _warm.clear()
+        _warm_for.clear()
     for pool in pools:
         pool.close()

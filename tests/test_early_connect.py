@@ -1,0 +1,98 @@
+"""The entry point's head start: ``srsync manual``'s arguments read before typer loads,
+the connection begun, and the command then carrying on with that same connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sshd import SSHD
+
+from srsync.cli import early
+from srsync.cli.main import app_for
+from srsync.config import loader
+from srsync.endpoints import registry
+from srsync.endpoints.registry import drop_warm
+
+
+def test_parse_manual_reads_what_typer_reads() -> None:
+    got = early.parse_manual(["-H", "h", "-M", "/a", "--target=/b", "-x", "*.o", "--exclude", "*.tmp",
+                              "-P", "2222", "-c", "-n", "-v", "--remote", "target"])
+    assert got == {"host": "h", "mirror": "/a", "target": "/b", "exclude": ["*.o", "*.tmp"],
+                   "port": "2222", "checksum": True, "remote": "target"}
+
+
+@pytest.mark.parametrize("args", [
+    ["-M", "/a", "-T", "/b", "--help"],  # help: typer's business
+    ["-M", "/a", "-T", "/b", "--save", "job.toml"],  # writes a file first: not worth guessing
+    ["-M", "/a", "-T"],  # a value missing
+    ["-M", "/a", "-T", "/b", "-vv"],  # combined short flags
+    ["-M", "/a", "-M", "/c", "-T", "/b"],  # given twice
+    ["-M", "/a", "-T", "/b", "--checksum=yes"],  # a flag with a value
+    ["-M", "/a", "-T", "/b", "extra"],  # a stray argument
+])
+def test_parse_manual_gives_up_on_anything_unusual(args: list[str]) -> None:
+    assert early.parse_manual(args) is None
+
+
+def test_every_manual_option_is_known_or_deliberately_left_out() -> None:
+    """A new option of ``manual`` must be taught to the early parser (else runs using it
+    lose the head start silently) or listed here as one it leaves to typer."""
+    command = app_for(["manual"]).registered_commands[0]
+    import typer.main
+
+    click_command = typer.main.get_command_from_info(
+        command, pretty_exceptions_short=False, rich_markup_mode=None)
+    names = {opt for param in click_command.params for opt in param.opts + param.secondary_opts}
+    assert names - set(early._MANUAL) == {"--save"}
+    assert set(early._MANUAL) <= names
+
+
+def _conf(tmp_path: Path, sshd: SSHD) -> Path:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "global.toml").write_text(
+        f'known_hosts = "{sshd.known_hosts}"\nssh_config = "{sshd.ssh_config}"\nuse_agent = false\n'
+        f'key = "{sshd.key_path}"\nuser = "{sshd.user}"\nport = {sshd.port}\n')
+    return conf
+
+
+def test_head_start_is_the_pool_the_command_keeps(sshd: SSHD, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
+    conf = _conf(tmp_path, sshd)
+    (tmp_path / "m").mkdir()
+    args = ["--conf-dir", str(conf), "-H", sshd.host, "--remote", "target",
+            "-M", str(tmp_path / "m"), "-T", "/srv/t", "-N", "early"]
+    try:
+        early.warm_up_from_argv(["manual", *args])
+        (key,) = registry._warm
+        assert key[0] == "early"
+        pool = registry._warm[key]
+        (spec,) = pool._connecting
+        assert spec.host == sshd.host and spec.port == sshd.port
+        assert pool._connecting[spec].result(timeout=20).transport_alive()
+        # the command builds the same job and warms it up again: the pool under way stays
+        job = loader.manual_job(name="early", host=sshd.host, mirror=str(tmp_path / "m"), target="/srv/t",
+                                remote_side="target",
+                                globals_=loader.load_globals(conf, fast=True))
+        early.warm_up_jobs([job])
+        assert registry._warm[key] is pool
+        assert not pool._closed
+    finally:
+        drop_warm()
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"],
+    ["manual", "--help"],
+    ["manual", "-H", "127.0.0.1", "-M", "/a"],  # no target
+    ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "-P", "not-a-port"],
+    ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "--remote", "sideways"],
+])
+def test_no_head_start_where_the_command_will_refuse(argv: list[str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    early.warm_up_from_argv(argv)  # never raises, never prints
+    assert not registry._warm
