@@ -54,6 +54,8 @@ _STEP_KINDS = {
 }
 # enum members read per operation, bound once (see srsync.core.entry)
 _COPY, _REMOVE, _WRITE, _FILE = OpKind.COPY, OpKind.REMOVE, StepKind.WRITE, Kind.FILE
+# (a tuple: membership by identity; hashing an enum member is a Python-level call)
+_BATCHED_KINDS = tuple(_STEP_KINDS)
 
 
 class SourceChanged(OSError):
@@ -316,7 +318,7 @@ def apply_operations(
         if stop.is_set():
             break
         big = op.kind is _COPY and op.entry is not None and op.entry.size > SMALL_FILE
-        step_ok = op.kind in _STEP_KINDS and (batchable is None or batchable(op))
+        step_ok = op.kind in _BATCHED_KINDS and (batchable is None or batchable(op))
         # a big file that is new where it goes has no old copy to delta against:
         # it streams as a guarded step, and back-to-back ones overlap (striped uploads)
         big_new = big and step_ok and op.expected is None
