@@ -136,7 +136,7 @@ def warm_up_jobs(jobs: Sequence[JobSpec]) -> None:
         return
     import srsync.ssh.connection  # noqa: F401  (CPU-bound: first, before anything competes)
     from srsync.endpoints.registry import warm_up
-    from srsync.engine.state import state_dir_for
+    from srsync.engine.statedir import state_dir_for
 
     for job, target_name, specs in todo:
         warm_up(job.name, target_name, state_dir_for(job), specs)

@@ -11,14 +11,12 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath, parent
 from srsync.core.quiet import children_by_dir, summary_of
-
-if TYPE_CHECKING:
-    from srsync.jobspec import JobSpec
+from srsync.engine.statedir import default_state_dir as default_state_dir  # re-exported
+from srsync.engine.statedir import state_dir_for as state_dir_for  # re-exported
 
 SCHEMA_VERSION = 1
 
@@ -113,20 +111,6 @@ CREATE TABLE IF NOT EXISTS decisions (
     PRIMARY KEY (pair, path)
 );
 """
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("SRSYNC_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("srsync"))
-
-
-def state_dir_for(job: JobSpec) -> Path:
-    """The folder holding ``job``'s state: its own ``state_dir``, else the default."""
-    return Path(job.state_dir) if job.state_dir else default_state_dir()
 
 
 @dataclass(frozen=True, slots=True)
