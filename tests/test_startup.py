@@ -97,6 +97,42 @@ def test_bad_option_value_still_uses_typers_message(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+
+def test_paramiko_loads_without_importlib_metadata_and_reports_its_real_version(tmp_path: Path) -> None:
+    code = """
+        import sys
+        import srsync.ssh, paramiko
+        assert "importlib.metadata" not in sys.modules, "the stand-in outlived paramiko's import"
+        import importlib.metadata
+        assert type(sys.modules["importlib.metadata"]).__name__ == "module"
+        assert importlib.metadata.distributions  # the real module, whole
+        assert paramiko.__version__ == importlib.metadata.version("paramiko"), paramiko.__version__
+    """
+    mods = imported_by(code, tmp_path)
+    assert "paramiko" in mods
+
+
+def test_metadata_stand_in_answers_one_name_and_hands_everything_else_to_the_real_module(tmp_path: Path) -> None:
+    code = """
+        import sys, importlib
+        from srsync.ssh import _metadata_stand_in
+        with _metadata_stand_in("pytest"):
+            import importlib.metadata as md
+            assert type(md).__name__ == "_MetadataStandIn"
+            answer = md.version("pytest")
+            assert "importlib.metadata" in sys.modules and type(sys.modules["importlib.metadata"]).__name__ == "_MetadataStandIn"
+            other = md.version("paramiko")  # not the one it knows: the real module takes over
+            assert type(sys.modules["importlib.metadata"]).__name__ == "module"
+        import importlib.metadata as real
+        assert answer == real.version("pytest") and other == real.version("paramiko")
+        assert md.PackageNotFoundError is real.PackageNotFoundError
+        # already imported: no stand-in at all
+        with _metadata_stand_in("pytest"):
+            assert sys.modules["importlib.metadata"] is real
+    """
+    imported_by(code, tmp_path)
+
+
 # ---------------------------------------------------------------------------
 # srsync.config.quick against the pydantic models
 
