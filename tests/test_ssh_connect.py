@@ -22,7 +22,7 @@ from sshd import SSHD, free_port, write_ed25519_keypair
 from srsync.errors import AuthError, ConnectError, HostKeyError
 from srsync.jobspec import ConnSpec
 from srsync.ssh import hostkeys
-from srsync.ssh.connection import connect
+from srsync.ssh.connection import _PromptAckSocket, _tcp_socket, connect
 
 pytestmark = pytest.mark.ssh
 
@@ -74,6 +74,37 @@ def test_fast_cipher_is_negotiated(sshd: SSHD) -> None:
     with connect(sshd.conn_spec()) as conn:
         cipher = conn._transport.local_cipher
     assert cipher in ("aes128-gcm@openssh.com", "aes128-ctr")
+
+
+
+def test_connection_socket_acknowledges_promptly_and_keeps_nagle_off(sshd: SSHD) -> None:
+    # sshd leaves Nagle on for exec sessions: a reply behind an unacknowledged packet
+    # waits for our ACK, which the kernel would hold up to 40 ms (see _PromptAckSocket)
+    with connect(sshd.conn_spec()) as conn:
+        sock = conn._transport.sock
+        assert isinstance(sock, _PromptAckSocket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        for _ in range(3):  # channels opened one after another, each answered
+            streams = conn.exec_command("echo ok")
+            assert streams.stdout.read() == b"ok\n"
+            assert streams.exit_status() == 0
+        assert conn.near  # still seen as a plain socket to a server reached directly
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
+def test_prompt_ack_socket_asks_for_quick_acks_after_every_read() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = _tcp_socket("127.0.0.1", server.getsockname()[1], 5.0)
+        peer, _ = server.accept()
+        with sock, peer:
+            assert sock.gettimeout() == 5.0
+            for n in range(3):
+                peer.sendall(b"x" * (n + 1))
+                assert sock.recv(16) == b"x" * (n + 1)
+                # (read back before this side sends anything, which would end quick-ack mode)
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+                sock.sendall(b"y")
+                assert peer.recv(1) == b"y"
 
 
 def test_hashed_known_hosts_entry(sshd: SSHD, tmp_path: Path) -> None:

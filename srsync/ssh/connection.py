@@ -246,6 +246,45 @@ class SSHConnection:
         return f"<SSHConnection {self.label}{' closed' if self._closed else ''}>"
 
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class _PromptAckSocket(socket.socket):
+    """A TCP socket that acknowledges what it reads at once (Linux ``TCP_QUICKACK``).
+
+    OpenSSH's sshd leaves Nagle on for sessions without a terminal, so a
+    reply it sends while an earlier packet is still unacknowledged waits for
+    our ACK, which the kernel may hold back up to 40 ms when we have nothing
+    to send.  Opening a channel hit that every time (sshd's hostkeys-00
+    message goes out unanswered right before): 44 ms of a 3 ms exchange on
+    this machine, and any reply can meet it later.  The kernel drops quick-ack
+    mode by itself, so it is asked for again after every read.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self._ack_now()
+        return data
+
+    def _ack_now(self) -> None:
+        if _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+def _tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket to ``host:port``: no Nagle, prompt acknowledgements."""
+    with socket.create_connection((host, port), timeout=timeout) as plain:
+        # SFTP pipelines many small requests; Nagle would hold each
+        # burst back by a round trip
+        plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _PromptAckSocket(plain.family, plain.type, plain.proto, fileno=plain.fileno())
+        plain.detach()  # the fd is sock's now
+    sock.settimeout(timeout)
+    sock._ack_now()
+    return sock
+
+
 def _is_near(transport: paramiko.Transport) -> bool:
     """Whether the server is on this machine or the local network (a loopback, private or
     link-local address reached directly): a fast link, where sending more bytes to save
@@ -297,12 +336,7 @@ def _connect(
             elif settings.proxy_command:
                 sock = paramiko.ProxyCommand(settings.proxy_command)
             else:
-                sock = socket.create_connection(
-                    (settings.hostname, settings.port), timeout=spec.timeout
-                )
-                # SFTP pipelines many small requests; Nagle would hold each
-                # burst back by a round trip
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = _tcp_socket(settings.hostname, settings.port, spec.timeout)
             known_hosts = os.path.expanduser(spec.known_hosts or hostkeys.default_known_hosts())
             key_name = settings.host_key_alias or hostkeys.host_key_name(
                 settings.hostname, settings.port
