@@ -57,17 +57,9 @@ _defer("invoke")
 _METADATA = "importlib.metadata"
 
 
-def _load_real_metadata() -> types.ModuleType:
-    current = sys.modules.get(_METADATA)
-    if isinstance(current, _MetadataStandIn):
-        del sys.modules[_METADATA]
-    if isinstance(getattr(importlib, "metadata", None), _MetadataStandIn):
-        delattr(importlib, "metadata")
-    return importlib.import_module(_METADATA)
-
-
-class _MetadataStandIn(types.ModuleType):
-    """``importlib.metadata`` while paramiko is imported: knows one distribution's version."""
+class _MetadataStandIn(_DeferredModule):
+    """``importlib.metadata`` while paramiko is imported: knows one distribution's version,
+    and is replaced by the real module for anything else."""
 
     def __init__(self, dist: str, version: str) -> None:
         super().__init__(_METADATA)
@@ -77,10 +69,7 @@ class _MetadataStandIn(types.ModuleType):
     def version(self, distribution_name: str) -> str:
         if distribution_name == self._dist:
             return self._version
-        return str(_load_real_metadata().version(distribution_name))
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(_load_real_metadata(), attr)
+        return str(self.__getattr__("version")(distribution_name))
 
 
 def _installed_version(dist: str) -> str | None:
