@@ -25,6 +25,7 @@ import paramiko
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh import hostkeys
+from srsync.ssh.bulk import batch_capable, send_batch
 from srsync.ssh.errors import connect_errors, connection_lost
 from srsync.ssh.sftpfs import SFTPFS, open_sftp_client
 from srsync.ssh.sshconfig import (
@@ -87,6 +88,8 @@ class CommandChannel:
     def __init__(self, channel: paramiko.Channel, label: str, io_timeout: float) -> None:
         self._channel = channel
         self.label = label
+        # several packets per call where the cipher allows it (srsync.ssh.bulk)
+        self._batched = batch_capable(channel.get_transport())
         # a send blocks while the far side's window is full; longer than this is a stall
         channel.settimeout(io_timeout)
 
@@ -95,16 +98,21 @@ class CommandChannel:
 
         Not paramiko's ``sendall``: it re-slices the remaining bytes after
         every packet (a copy each time, quadratic for big buffers); a
-        memoryview advances for free.  Each piece handed to paramiko is
-        ``bytes`` of at most one packet: its message builder takes anything
-        else through two raised and caught exceptions per packet, which cost
-        more than the copy.
+        memoryview advances for free.  More than a packet goes in batches of
+        packets (``srsync.ssh.bulk.send_batch``) on an AES-GCM connection;
+        otherwise each piece handed to paramiko is ``bytes`` of at most one
+        packet: its message builder takes anything else through two raised
+        and caught exceptions per packet, which cost more than the copy.
         """
-        view = memoryview(data)
-        packet = self._channel.out_max_packet_size or 32768
+        view = memoryview(data).cast("B")
+        channel = self._channel
+        packet = channel.out_max_packet_size or 32768
         try:
             while view:
-                sent = self._channel.send(view[:packet].tobytes())
+                if self._batched and len(view) > packet:
+                    sent = send_batch(channel, view)
+                else:
+                    sent = channel.send(view[:packet].tobytes())
                 if sent <= 0:
                     raise EOFError("the channel was closed while sending")
                 view = view[sent:]
