@@ -85,11 +85,9 @@ def send_batch(channel: paramiko.Channel, data: memoryview) -> int:
         first = channel._wait_for_send_window(min(len(data), room))  # blocks for the window
         if first <= 0:
             return 0
+        # the rest of the batch from whatever window is left (none of these can be negative)
         more = min(len(data) - first, channel.out_window_size, room * (MAX_BATCH - 1))
-        if more > 0:
-            channel.out_window_size -= more
-        else:
-            more = 0
+        channel.out_window_size -= more
     pieces = [data[:first]]
     end = first + more
     pieces.extend(data[at : min(at + room, end)] for at in range(first, end, room))
