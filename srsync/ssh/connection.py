@@ -24,7 +24,7 @@ import paramiko
 
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
-from srsync.ssh import hostkeys
+from srsync.ssh import hostkeys, rekey
 from srsync.ssh.bulk import batch_capable, send_batch
 from srsync.ssh.errors import connect_errors, connection_lost
 from srsync.ssh.sftpfs import SFTPFS, open_sftp_client
@@ -360,6 +360,7 @@ def _connect(
                 scan_hint=_keyscan_command(settings, known_hosts),
             )
             _authenticate(transport, settings, spec)
+            rekey.install(transport)  # its own replies wait out a key exchange without blocking it
             if spec.keepalive > 0:
                 transport.set_keepalive(spec.keepalive)
         log.debug(
