@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -219,6 +220,20 @@ class SSHD:
             use_agent=False,
         )
         return dataclasses.replace(spec, **overrides)  # type: ignore[arg-type]
+
+    def bare_transport(self, cipher: str) -> paramiko.Transport:
+        """An authenticated paramiko transport with only ``cipher`` offered, made without
+        srsync's connect() (the caller closes it; the host key is not what it is for)."""
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        transport = paramiko.Transport(sock)
+        try:
+            transport.get_security_options().ciphers = (cipher,)
+            transport.connect()
+            transport.auth_publickey(self.user, paramiko.Ed25519Key.from_private_key_file(self.key_path))
+        except BaseException:
+            transport.close()
+            raise
+        return transport
 
     def write_file(self, name: str, text: str) -> str:
         """Write a helper file (ssh config, known_hosts variant) into the work dir."""

@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import threading
 
-import paramiko
 import pytest
 from sshd import SSHD
 
@@ -128,13 +126,8 @@ def test_concurrent_channels_share_the_connection(sshd: SSHD) -> None:
 
 def test_other_ciphers_keep_paramikos_path(sshd: SSHD) -> None:
     # aes128-ctr has a separate MAC: not batched, and the same bytes arrive
-    # (a bare transport: the throwaway server's host key is not what this tests)
-    sock = socket.create_connection((sshd.host, sshd.port), timeout=10)
-    transport = paramiko.Transport(sock)
+    transport = sshd.bare_transport("aes128-ctr")
     try:
-        transport.get_security_options().ciphers = ("aes128-ctr",)
-        transport.connect()
-        transport.auth_publickey(sshd.user, paramiko.Ed25519Key.from_private_key_file(str(sshd.key_path)))
         assert not bulk.batch_capable(transport)
         raw = transport.open_session()
         raw.exec_command("cat")

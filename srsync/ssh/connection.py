@@ -24,7 +24,7 @@ import paramiko
 
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
-from srsync.ssh import hostkeys, rekey
+from srsync.ssh import hostkeys, inbound, rekey
 from srsync.ssh.bulk import batch_capable, send_batch
 from srsync.ssh.errors import connect_errors, connection_lost
 from srsync.ssh.sftpfs import SFTPFS, open_sftp_client
@@ -202,6 +202,7 @@ class SSHConnection:
             channel = self._transport.open_session(
                 window_size=window, max_packet_size=COMMAND_PACKET, timeout=self.timeout
             )
+            channel.in_buffer = inbound.ChunkPipe()  # before any data can arrive
             try:
                 channel.settimeout(self.timeout)
                 channel.exec_command(command)
@@ -273,6 +274,11 @@ class _PromptAckSocket(socket.socket):
         data = super().recv(bufsize, flags)
         self._ack_now()
         return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        got = super().recv_into(buffer, nbytes, flags)
+        self._ack_now()
+        return got
 
     def _ack_now(self) -> None:
         if _QUICKACK is not None:
@@ -360,6 +366,7 @@ def _connect(
                 scan_hint=_keyscan_command(settings, known_hosts),
             )
             _authenticate(transport, settings, spec)
+            inbound.install(transport)  # several packets per read on AES-GCM (srsync.ssh.inbound)
             rekey.install(transport)  # its own replies wait out a key exchange without blocking it
             if spec.keepalive > 0:
                 transport.set_keepalive(spec.keepalive)
