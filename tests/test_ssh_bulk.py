@@ -137,3 +137,11 @@ def test_other_ciphers_keep_paramikos_path(sshd: SSHD) -> None:
         assert echo_through_cat(channel, payload) == payload
     finally:
         transport.close()
+
+
+def test_only_known_paramiko_releases_are_batched() -> None:
+    assert bulk.known_paramiko()  # the installed one
+    assert bulk.known_paramiko("3.4.0") and bulk.known_paramiko("5.9.1")
+    assert not bulk.known_paramiko("3.3.1")  # no strict key exchange yet
+    assert not bulk.known_paramiko("6.0.0")  # not checked yet: paramiko's own paths
+    assert not bulk.known_paramiko("dev")

@@ -19,8 +19,9 @@ Measured with 512 MiB sent to ``cat`` over the bench's sshd: ~1.5 times the
 throughput for less CPU.
 
 It relies on paramiko's private packetizer state, so ``batch_capable`` checks
-that every attribute it uses exists and that the outbound cipher is AEAD with
-no compression; anything else keeps paramiko's own per-packet path.
+that paramiko is a release it was written against (3.4 to 5.x), that every
+attribute it uses exists and that the outbound cipher is AEAD with no
+compression; anything else keeps paramiko's own per-packet path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ _MSG_CHANNEL_DATA = 94
 MAX_BATCH = 64  # packets per batch: 2 MiB of 32 KiB packets, one write lock, one socket write
 
 _P = "_Packetizer__"
+# the paramiko releases whose private packet state this was written against
+# (AES-GCM and strict key exchange exist from 3.4 on); a later major release
+# keeps paramiko's own path until it has been checked
+TESTED_MAJOR = range(3, 6)
+
+
+def known_paramiko(version: str = paramiko.__version__) -> bool:
+    """Whether ``version`` is a paramiko release whose internals this module and
+    ``srsync.ssh.inbound`` rely on (3.4 up to 5.x)."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return major in TESTED_MAJOR and (major, minor) >= (3, 4)
 _STATE = ("write_lock", "block_engine_out", "block_size_out", "aead_out", "compress_engine_out",
           "dump_packets", "iv_out", "sequence_number_out", "sent_bytes", "sent_packets",
           "need_rekey", "received_bytes_overflow", "received_packets_overflow")
@@ -46,7 +61,7 @@ _STATE = ("write_lock", "block_engine_out", "block_size_out", "aead_out", "compr
 def batch_capable(transport: Any) -> bool:
     """Whether ``send_batch`` can send on ``transport`` (AEAD cipher out, paramiko state as expected)."""
     pk = getattr(transport, "packetizer", None)
-    if pk is None or not all(hasattr(pk, _P + name) for name in _STATE):
+    if pk is None or not known_paramiko() or not all(hasattr(pk, _P + name) for name in _STATE):
         return False
     if not all(hasattr(pk, name) for name in ("_inc_iv_counter", "_trigger_rekey", "write_all",
                                                "REKEY_PACKETS", "REKEY_BYTES")):

@@ -33,7 +33,8 @@ GiB, 5 runs each, alternating): paramiko 188-314 MB/s at 3.0-4.5 s, these
 two 309-432 MB/s at 2.2-2.9 s.
 
 Like ``srsync.ssh.bulk`` this uses paramiko's private packetizer state, so
-``install`` checks every attribute first and leaves paramiko alone otherwise.
+``install`` checks the paramiko release and every attribute first and leaves
+paramiko alone otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from typing import Any
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.packet import NeedRekeyException
+
+from srsync.ssh.bulk import known_paramiko
 
 _P = "_Packetizer__"
 _STATE = ("socket", "remainder", "closed", "block_engine_in", "block_size_in", "mac_size_in",
@@ -70,6 +73,7 @@ def capable(transport: Any) -> bool:
     pk = getattr(transport, "packetizer", None)
     return (
         pk is not None
+        and known_paramiko()
         and hasattr(transport, "_channels")
         and all(hasattr(pk, _P + name) for name in _STATE)
         and all(hasattr(pk, name) for name in _METHODS)
