@@ -8,14 +8,18 @@ it can finish: the connection hangs for 30 s and dies.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
+from helpers import make_tree, remote_job, run, tree_state
 from sshd import SSHD
 
+from srsync.jobspec import Location
 from srsync.ssh import rekey
 from srsync.ssh.connection import connect
 
@@ -71,3 +75,29 @@ def test_commands_ending_under_frequent_key_exchanges(sshd: SSHD, tmp_path: Path
             assert channel.exit_status(10) == 0
             channel.close()
         assert conn.transport_alive()
+
+
+@pytest.mark.parametrize("helper", ["on", "off"])
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_syncs_across_frequent_key_exchanges(
+    direction: str, helper: str, sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the whole engine over the remote helper (batched sends, gathered reads) and
+    # over SFTP, with new keys every 256 KiB in both directions
+    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SRSYNC_HELPER", helper)
+    monkeypatch.setattr(paramiko.Packetizer, "REKEY_BYTES", 256 * 1024)
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    m, t = tmp_path / "m", tmp_path / "t"
+    tree: dict[str, bytes | str | None] = {f"big/{i}.bin": os.urandom(1024 * 1024 + i) for i in range(4)}
+    tree.update({f"small/{i % 7}/{i}.txt": os.urandom(i * 37) for i in range(300)})
+    make_tree(m, tree)
+    conn = sshd.conn_spec()
+    mirror, target = (Location(str(m)), Location(str(t), conn)) if direction == "push" else (
+        Location(str(m), conn), Location(str(t)))
+    r = run(remote_job(mirror, target))
+    assert r.exit_code == 0, (r.error, r.pairs)
+    assert tree_state(m) == tree_state(t)
+    exchanges = [rec for rec in caplog.records if "End of kex handshake" in rec.getMessage()]
+    assert len(exchanges) >= 4  # a send batch (up to 2 MiB) asks for new keys once, at its end
