@@ -9,6 +9,7 @@ packet with the wrong keys gets an authentication failure, so exact bytes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -293,6 +294,25 @@ def test_a_packet_that_fails_authentication_ends_the_connection(sshd: SSHD, tmp_
             time.sleep(0.05)
         assert not transport.is_active()
         assert "Mismatched MAC" in str(transport.get_exception())
+
+
+def test_reads_through_a_jump_host(sshd: SSHD, tmp_path: Path) -> None:
+    # the inner connection's socket is a channel of the outer one: no recv_into
+    path, data = remote_file(tmp_path, 8 * 1024 * 1024 + 11)
+    config = sshd.write_file(
+        "ssh_config_inbound_jump",
+        "Host inner\n  HostName 127.0.0.1\n"
+        f"  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.key_path}\n"
+        f"  ProxyJump {sshd.user}@127.0.0.1:{sshd.port}\n",
+    )
+    spec = dataclasses.replace(sshd.conn_spec(), host="inner", port=None, user=None, ssh_config=config)
+    with connect(spec) as conn:
+        assert len(conn._jumps) == 1
+        assert not hasattr(conn._transport.sock, "recv_into")
+        reader_of(conn)
+        channel = conn.open_command(f"cat {path}")
+        assert read_all(channel, delay=0.3) == data
+        assert conn.exec_command("echo ok").stdout.read() == b"ok\n"
 
 
 def test_other_ciphers_read_through_paramiko(sshd: SSHD, tmp_path: Path) -> None:
