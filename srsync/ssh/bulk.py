@@ -53,6 +53,8 @@ def known_paramiko(version: str = paramiko.__version__) -> bool:
     except ValueError:
         return False
     return major in TESTED_MAJOR and (major, minor) >= (3, 4)
+
+
 _STATE = ("write_lock", "block_engine_out", "block_size_out", "aead_out", "compress_engine_out",
           "dump_packets", "iv_out", "sequence_number_out", "sent_bytes", "sent_packets",
           "need_rekey", "received_bytes_overflow", "received_packets_overflow")

@@ -50,9 +50,8 @@ import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from paramiko.packet import NeedRekeyException
 
-from srsync.ssh.bulk import known_paramiko
+from srsync.ssh.bulk import _MSG_CHANNEL_DATA, _P, known_paramiko
 
-_P = "_Packetizer__"
 _STATE = ("socket", "remainder", "closed", "block_engine_in", "block_size_in", "mac_size_in",
           "aead_in", "etm_in", "compress_engine_in", "dump_packets", "iv_in",
           "sequence_number_in", "received_bytes", "received_packets", "need_rekey",
@@ -62,7 +61,6 @@ _METHODS = ("read_message", "handshake_timed_out", "_check_keepalive", "_inc_iv_
             "REKEY_BYTES_OVERFLOW_MAX", "_initial_kex_done")
 _LEN = struct.Struct(">I")
 _DATA_HEAD = struct.Struct(">BBII")  # padding length, message number, channel, data length
-_MSG_CHANNEL_DATA = 94
 READ_SIZE = 256 * 1024  # asked of the socket per recv_into, whatever the packet size
 MAX_PACKET = 4 * 1024 * 1024  # paramiko sets no limit; OpenSSH sends at most 256 KiB
 MAX_GATHER = 64  # data packets of one channel handed over as one message
