@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from srsync.engine.reporter import Reporter
@@ -48,6 +49,37 @@ def make_tree(root: Path, spec: dict[str, bytes | str | None]) -> None:
             p.symlink_to(value.removeprefix("->"))
         else:
             p.write_bytes(value)
+
+
+def numbered_tree(dirs: int, files: int) -> dict[str, bytes | str | None]:
+    """``dirs`` directories d0.. of ``files`` files f0.. each, a top file and a link in d0."""
+    tree: dict[str, bytes | str | None] = {f"d{i}/f{j}": f"{i}.{j}".encode() for i in range(dirs) for j in range(files)}
+    tree["top"] = b"top"
+    tree["d0/link"] = "->f0"
+    return tree
+
+
+def check_delete_guard(
+    m: Path, t: Path, job: JobSpec, after_first: Callable[[JobResult], None] | None = None
+) -> None:
+    """On ``numbered_tree(10, 10)`` synced with max_delete = 20: the mirror's d4 emptied
+    (10 of 112 entries) runs (``after_first`` then checks more); then 90 of the
+    remaining 102 files gone halts."""
+    assert run(job).exit_code == 0
+    for j in range(10):
+        (m / f"d4/f{j}").unlink()
+    first = run(job)
+    assert first.exit_code == 0, first.pairs[0].error
+    assert not any((t / "d4").iterdir())
+    if after_first is not None:
+        after_first(first)
+    for i in range(10):
+        if i != 4:
+            for j in range(10):
+                (m / f"d{i}/f{j}").unlink()
+    r = run(job)
+    assert r.exit_code != 0 and "90 of 102" in (r.pairs[0].error or "")
+    assert (t / "d0/f0").exists()
 
 
 def local_job(mirror: Path | str, target: Path | str, name: str = "t", **pair_kw: object) -> JobSpec:

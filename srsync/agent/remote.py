@@ -71,7 +71,7 @@ from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
 from srsync.core.paths import check_name, is_temp_name, nfc
 from srsync.core.summary import file_record, link_record, summarize
 
-PROTOCOL = 4  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans
+PROTOCOL = 5  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans; 5: scan "only"
 MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
 
 HEADER = struct.Struct(">BII")
@@ -263,6 +263,8 @@ class Agent:
         # directories resolved during the current call (None: no call holds any)
         self.dirs: dict[str, DirSlot] | None = None
         self.dir_fds: list[int] = []
+        # directories the last scan left out as quiet -> their on-disk spelling (for "only")
+        self.quiet_disk: dict[str, str] = {}
         self.last_out = time.monotonic()
         try:
             import xxhash  # noqa: F401  (optional: hashes match the client's only with it)
@@ -685,6 +687,8 @@ class Agent:
         # directory -> summary of the files and links the client expects there
         # (srsync.core.summary): a match leaves them out, listed under "q"
         expect = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+        # "only": list just these directories (ones the last scan left out), not below them
+        only = args[2] if len(args) > 2 and isinstance(args[2], list) else None
 
         def fresh() -> dict[str, Any]:
             # d: one record per directory, its columns in the raw part (see scan_columns)
@@ -694,11 +698,16 @@ class Agent:
         blobs: list[bytes] = []
         count = 0
         stack: list[tuple[str, str]] = [("", "")]  # (directory, its on-disk spelling)
+        if only is None:
+            self.quiet_disk = {}
+        else:
+            stack = [(d, self.quiet_disk.get(d, d)) for d in reversed(only) if isinstance(d, str)]
         own = self._scope()
         try:
             while stack:
                 rel_dir, disk_dir = stack.pop()
-                count += self._scan_dir(rel_dir, disk_dir, rules, batch, blobs, stack, expect.get(rel_dir))
+                below = stack if only is None else []
+                count += self._scan_dir(rel_dir, disk_dir, rules, batch, blobs, below, expect.get(rel_dir))
                 if count >= SCAN_BATCH:
                     self.send(ITEM, rid, batch, b"".join(blobs))
                     batch = fresh()
@@ -782,6 +791,7 @@ class Agent:
         if want is not None and FS_UTF8 and self._quiet_listing(
             rel_dir, prefix, disk_prefix, dfd, items, rules, want, batch, blobs, stack
         ):
+            self.quiet_disk[rel_dir] = disk_dir
             return
         # (on-disk name as text, valid UTF-8, DirEntry), sorted by text
         named: list[tuple[str, bool, Any]] = []
@@ -872,6 +882,7 @@ class Agent:
                 rows = [row for row in rows if row[1] == "d"]
                 targets = []
                 batch["q"].append([rel_dir, len(records)])
+                self.quiet_disk[rel_dir] = disk_dir
         if rows:
             # rows to columns (strict= needs python 3.10; the rows all have six fields)
             names, kinds, sizes, mtimes, modes, inos = zip(*rows)  # noqa: B905

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath
@@ -43,6 +43,32 @@ def summary_of(children: Iterable[tuple[str, Entry]]) -> str:
     return summarize(records)
 
 
-def snapshot_summaries(snap: Snapshot) -> dict[RelPath, str]:
-    """Every directory's summary, as a scan of a tree holding exactly ``snap`` reports it."""
-    return {d: summary_of(children) for d, children in children_by_dir(snap).items()}
+def snapshot_summaries(snap: Snapshot, skip: Collection[RelPath] = ()) -> dict[RelPath, str]:
+    """Every directory's summary, as a scan of a tree holding exactly ``snap`` reports it,
+    except those of the directories in ``skip``.
+
+    The same as ``summary_of`` over ``children_by_dir``, in one pass over the
+    files with the records written out here (it runs per file after a sync).
+    """
+    dir_kind, file_kind = Kind.DIR, Kind.FILE
+    groups: dict[RelPath, list[str]] = {ROOT: []}
+    for path, entry in snap.items():
+        if entry.kind is dir_kind:
+            groups[path] = []
+    for d in skip:
+        groups.pop(d, None)
+    get = groups.get
+    for path, entry in snap.items():
+        kind = entry.kind
+        if kind is dir_kind:
+            continue
+        i = path.rfind("/")
+        group = get(path[:i] if i >= 0 else ROOT)
+        if group is None:
+            continue
+        # (file_record and link_record, inlined)
+        if kind is file_kind:
+            group.append(f"{path[i + 1 :]}\0f\0{entry.size}\0{entry.mtime_ns}\0{entry.mode}\0")
+        elif kind is Kind.LINK:
+            group.append(f"{path[i + 1 :]}\0l\0{entry.target or ''}\0")
+    return {d: summarize(records) for d, records in groups.items()}

@@ -41,7 +41,7 @@ def check_guards(
     halts: list[Halt] = []
     if not alpha_root_exists:
         halts.append(Halt("mirror-missing", f"the mirror root {mirror_label} does not exist"))
-    elif not two_way and not alpha and beta:
+    elif not two_way and not alpha and not hidden and beta:
         halts.append(Halt(
             "mirror-empty",
             f"the mirror root {mirror_label} is empty, so the run would empty "

@@ -169,6 +169,10 @@ def _decode_dirs(records: list[Any], raw: bytes, entries: dict[RelPath, Entry]) 
     return at
 
 
+def _wire_rules(rules: IgnoreRules) -> list[list[Any]]:
+    return [[r.base, r.pattern, r.regex.pattern, r.regex.flags, r.negate, r.dir_only] for r in rules.rules]
+
+
 def entry_to_json(entry: Entry | None) -> list[Any] | None:
     if entry is None:
         return None
@@ -249,7 +253,7 @@ class _Reader(io.RawIOBase):
 class AgentEndpoint(Endpoint):
     """A root directory on an SSH server, served by a python3 helper on that server."""
 
-    capabilities = Capabilities(mtime_precision_ns=1, remote=True, remote_helper=True)
+    capabilities = Capabilities(mtime_precision_ns=1, remote=True, remote_helper=True, summaries=True)
 
     def __init__(
         self,
@@ -322,13 +326,25 @@ class AgentEndpoint(Endpoint):
         return entry is not None and entry.is_dir
 
     def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
-        wire_rules = [
-            [r.base, r.pattern, r.regex.pattern, r.regex.flags, r.negate, r.dir_only] for r in rules.rules
-        ]
         wanted = expect or {}
-        call = self._client.call("scan", [wire_rules, dict(wanted) if wanted else None])
+        self._disk_names = {}
+        return self._scan_call([_wire_rules(rules), dict(wanted) if wanted else None], wanted)
+
+    def relist(self, rules: IgnoreRules, dirs: Iterable[RelPath]) -> ScanResult:
+        """``Endpoint.relist``: the helper lists just those directories."""
+        gone: list[RelPath] = []
+        result = self._scan_call([_wire_rules(rules), None, list(dirs)], {}, gone)
+        result.entries = {p: e for p, e in result.entries.items() if not e.is_dir}
+        # (a directory gone since the scan is a problem there, not an empty one)
+        result.problems.extend(Problem(d, "cannot list directory: it is gone since the scan") for d in gone)
+        return result
+
+    def _scan_call(
+        self, args: list[Any], wanted: Mapping[RelPath, str], gone: list[RelPath] | None = None
+    ) -> ScanResult:
+        call = self._client.call("scan", args)
         result = ScanResult(entries={})
-        disk_names: dict[RelPath, str] = {}
+        disk_names = self._disk_names
         entries = result.entries
         with _gc_paused():
             for item in self._client.items(call):
@@ -341,6 +357,8 @@ class AgentEndpoint(Endpoint):
                     raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan")
                 for rel in part["g"]:
                     entries.pop(rel, None)
+                    if gone is not None:
+                        gone.append(rel)
                 result.problems.extend(Problem(path, message) for path, message in part["p"])
                 result.temp_files.extend(part["t"])
                 result.ignore_files.update(part["i"])
@@ -353,7 +371,6 @@ class AgentEndpoint(Endpoint):
         result.root_exists = bool(final.get("root_exists"))
         if final.get("problem"):
             result.problems.append(Problem(ROOT, final["problem"]))
-        self._disk_names = disk_names
         return result
 
     def stat(self, path: RelPath) -> Entry | None:

@@ -40,7 +40,7 @@ from srsync.agent.delta import (
 )
 from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IgnoreRules
-from srsync.core.paths import RelPath
+from srsync.core.paths import ROOT, RelPath, parent
 
 CHUNK = 1 << 20  # bytes per read when streaming file content
 
@@ -56,6 +56,8 @@ class Capabilities:
     symlinks: bool = True
     remote: bool = False
     remote_helper: bool = False
+    # scan() honours ``expect`` (leaves out quiet directories) and relist() lists just those
+    summaries: bool = False
 
 
 CHANGED = "changed since scan; skipped, will retry next run"
@@ -156,6 +158,29 @@ class Endpoint(abc.ABC):
         no problem, listing it in ``ScanResult.quiet`` instead; subdirectories
         are always listed.  Endpoints that cannot summarise ignore ``expect``.
         """
+
+    def relist(self, rules: IgnoreRules, dirs: Iterable[RelPath]) -> ScanResult:
+        """List again, in full, the files and links of directories the last ``scan``
+        left out as quiet: they go to ``entries`` (subdirectories do not), with
+        the problems, temporary files and ignore files found there, as ``scan``
+        reports them.
+
+        This default scans the whole tree again and keeps what is in ``dirs``;
+        endpoints that leave directories out list just those.
+        """
+        wanted = set(dirs)
+        full = self.scan(rules)
+
+        def inside(path: RelPath) -> bool:
+            return path != ROOT and parent(path) in wanted
+
+        return ScanResult(
+            entries={p: e for p, e in full.entries.items() if not e.is_dir and inside(p)},
+            problems=[p for p in full.problems if inside(p.path) or p.path in wanted],
+            ignore_files={d: t for d, t in full.ignore_files.items() if d in wanted},
+            root_exists=full.root_exists,
+            temp_files=[p for p in full.temp_files if inside(p)],
+        )
 
     @abc.abstractmethod
     def stat(self, path: RelPath) -> Entry | None:

@@ -120,7 +120,7 @@ def _changed(path: RelPath) -> OSError:
 
 
 class LocalEndpoint(Endpoint):
-    capabilities = Capabilities(mtime_precision_ns=1)
+    capabilities = Capabilities(mtime_precision_ns=1, summaries=True)
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
@@ -191,7 +191,7 @@ class LocalEndpoint(Endpoint):
                 folded = False
             else:
                 folded = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-            self.capabilities = Capabilities(mtime_precision_ns=1, case_insensitive=folded)
+            self.capabilities = Capabilities(mtime_precision_ns=1, case_insensitive=folded, summaries=True)
             return
 
     # ---- reading -------------------------------------------------------
@@ -223,6 +223,23 @@ class LocalEndpoint(Endpoint):
             finally:
                 os.close(fd)
         self._probe_case(self._top_names)
+        return result
+
+    def relist(self, rules: IgnoreRules, dirs: Iterable[RelPath]) -> ScanResult:
+        """``Endpoint.relist``: each directory listed alone, as ``scan`` lists one."""
+        result = ScanResult(entries={})
+        for rel_dir in dirs:
+            try:
+                disk_dir = self._abs(rel_dir)
+                fd = os.open(disk_dir, _SUBDIR_FLAGS if rel_dir else _ROOT_FLAGS)
+            except OSError as exc:
+                result.problems.append(Problem(rel_dir, f"cannot list directory: {exc.strerror}"))
+                continue
+            try:
+                self._scan_dir(fd, rel_dir, disk_dir, rules, result, [])
+            finally:
+                os.close(fd)
+        result.entries = {p: e for p, e in result.entries.items() if e.kind is not _DIR}
         return result
 
     def _scan_dir(

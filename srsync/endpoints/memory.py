@@ -21,7 +21,7 @@ class MemoryEndpoint(Endpoint):
 
     def __init__(self, name: str = "mem", precision_ns: int = 1, exists: bool = True) -> None:
         self.name = name
-        self.capabilities = Capabilities(mtime_precision_ns=precision_ns)
+        self.capabilities = Capabilities(mtime_precision_ns=precision_ns, summaries=True)
         self.entries: dict[RelPath, Entry] = {}
         self.data: dict[RelPath, bytes] = {}
         self.exists = exists

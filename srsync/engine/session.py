@@ -12,6 +12,7 @@ from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
 from srsync.core.paths import ROOT, RelPath, case_collisions, is_under, link_escapes, parent
+from srsync.core.quiet import snapshot_summaries
 from srsync.core.reconcile import (
     ALPHA,
     BETA,
@@ -207,10 +208,19 @@ class PairSession:
         # Two-way, the ancestor's directory summaries go to both scans: where
         # both sides still hold exactly the ancestor's files and links, none of
         # them is listed, loaded, compared or recorded (see srsync.core.summary).
+        # One-way, the mirror's directory summaries from the last run go to both
+        # scans: a directory both sides still summarise so holds the same files
+        # and links on both, so there is nothing to do there; one quiet on one
+        # side only is listed again there (see _relist_one_sided).
         summaries = None
+        mirror_summaries = not two_way and self.state is not None and not self.pair.checksum
         if two_way and self.state is not None:
             summaries = self.state.ancestor_summaries(self.pair_key)
+        elif mirror_summaries and self.state is not None:
+            summaries = self.state.mirror_summaries(self.pair_key) or None
         sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries)
+        if not two_way and (sa.quiet or sb.quiet):
+            self._relist_one_sided(rules, sa, sb)
         # directory -> files and links left out on both sides
         hidden = {d: n for d, n in sa.quiet.items() if d in sb.quiet}
         stored: Snapshot = {}
@@ -276,7 +286,7 @@ class PairSession:
             alpha_root_exists=sa.root_exists,
             max_delete_percent=self.pair.max_delete,
             two_way=two_way,
-            ancestor_count=len(ancestor) + sum(hidden.values()),
+            ancestor_count=len(ancestor) + sum(hidden.values()) if two_way else 0,
             hidden=sum(hidden.values()),
             mirror_label=self.alpha.description,
             target_label=self.beta.description,
@@ -316,6 +326,11 @@ class PairSession:
         res.problems.extend(ex.problems)
         if two_way and self.state is not None:
             self._record(stored, rec, ex.failed_paths, frozen, hidden, migrate=summaries is None)
+        elif mirror_summaries and self.state is not None and sa.root_exists:
+            if self.alpha.capabilities.summaries and self.beta.capabilities.summaries:
+                self._record_summaries(sa.entries, hidden, summaries or {}, frozen)
+            elif summaries:  # (a side that cannot leave directories out would have them all relisted)
+                self.state.save_mirror_summaries(self.pair_key, {})
         if ex.error:
             raise ConnectError(ex.error)
         if ex.stopped:
@@ -328,6 +343,44 @@ class PairSession:
             res.error = f"{len(res.conflicts)} conflict(s) left for review: srsync conflicts {self.job}"
         else:
             res.outcome = NOTHING if plan.empty else OK
+
+    def _relist_one_sided(self, rules: IgnoreRules, sa: ScanResult, sb: ScanResult) -> None:
+        """List in full, on its side, each directory a one-way scan left out on one side only.
+
+        Quiet on both sides means the same files and links on both; quiet on
+        one side only, that side's must be compared with the other's.
+        """
+        for res, other, ep in ((sa, sb, self.alpha), (sb, sa, self.beta)):
+            dirs = [d for d in res.quiet if d not in other.quiet]
+            if not dirs:
+                continue
+            got = ep.relist(rules, dirs)
+            for d in dirs:
+                del res.quiet[d]
+            res.entries.update(got.entries)
+            res.problems.extend(got.problems)
+            res.ignore_files.update(got.ignore_files)
+            res.temp_files.extend(t for t in got.temp_files if t not in res.temp_files)
+
+    def _record_summaries(
+        self, listed: Snapshot, hidden: dict[RelPath, int], old: dict[RelPath, str], frozen: set[str]
+    ) -> None:
+        """Store the mirror's directory summaries, as listed this run, for the next one-way scan.
+
+        A directory left out on both sides keeps its summary.  One holding or
+        under a path frozen this run gets none, so that it is listed, and its
+        problem reported, every time.
+        """
+        assert self.state is not None
+        out = snapshot_summaries(listed, skip=hidden)
+        for d in hidden:
+            if (kept := old.get(d)) is not None:
+                out[d] = kept
+        if frozen:
+            parents = {parent(p) for p in frozen}
+            out = {d: s for d, s in out.items() if d not in parents and not _under_or_at(d, frozen)}
+        if out != old:
+            self.state.save_mirror_summaries(self.pair_key, out)
 
     def _record(
         self, stored: Snapshot, rec: Reconciliation, failed: set[str], frozen: set[str],
@@ -375,6 +428,15 @@ class PairSession:
         for tmp in temps:  # leftovers of an interrupted run of this job
             with contextlib.suppress(OSError):
                 ep.remove(tmp, Kind.FILE)
+
+
+def _under_or_at(path: RelPath, roots: set[RelPath]) -> bool:
+    while True:
+        if path in roots:
+            return True
+        if path == ROOT:
+            return False
+        path = parent(path)
 
 
 def _describe_entry(e: Entry | None) -> str:

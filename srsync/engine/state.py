@@ -72,6 +72,15 @@ CREATE TABLE IF NOT EXISTS ancestor_dirs (
     children BLOB NOT NULL,
     PRIMARY KEY (pair, dir)
 );
+-- one-way pairs: each directory's summary of the mirror's files and links
+-- as the last run listed them; a directory both sides still summarise so
+-- holds the same files on both and need not be listed (srsync.core.summary)
+CREATE TABLE IF NOT EXISTS mirror_dirs (
+    pair TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    PRIMARY KEY (pair, dir)
+);
 CREATE TABLE IF NOT EXISTS ancestor_info (
     pair TEXT PRIMARY KEY,
     job TEXT NOT NULL,
@@ -172,6 +181,22 @@ class StateDB:
                 "INSERT OR REPLACE INTO hash_cache (endpoint, path, size, mtime_ns, ino, digest)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 data,
+            )
+
+    # ---- directory summaries of one-way pairs ---------------------------
+    def mirror_summaries(self, pair: str) -> dict[RelPath, str]:
+        """What ``save_mirror_summaries`` last stored for ``pair``."""
+        with self._lock:
+            rows = self._db.execute("SELECT dir, summary FROM mirror_dirs WHERE pair = ?", (pair,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def save_mirror_summaries(self, pair: str, summaries: Mapping[RelPath, str]) -> None:
+        """Replace a one-way pair's directory summaries in one transaction."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM mirror_dirs WHERE pair = ?", (pair,))
+            self._db.executemany(
+                "INSERT INTO mirror_dirs (pair, dir, summary) VALUES (?, ?, ?)",
+                [(pair, d, s) for d, s in summaries.items()],
             )
 
     # ---- ancestors (two-way state) --------------------------------------
