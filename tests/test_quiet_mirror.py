@@ -9,7 +9,7 @@ import os
 import sqlite3
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,20 @@ def test_over_the_remote_helper(direction: str, sshd: Any, tmp_path: Path, seen:
     _again(seen)
     assert run(job).pairs[0].outcome == "unchanged"
     assert seen.quiet("m") == seen.quiet("t") == ALL | {"café"}
+
+
+def test_the_helper_relists_only_directories_inside_its_root(
+    agent_endpoint_factory: Callable[..., AgentEndpoint], tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "root", {"d/f": b"in", "d/sub/g": b"below"})
+    (tmp_path / "secret").write_bytes(b"outside")
+    ep = agent_endpoint_factory(str(tmp_path / "root"))
+    ep.scan(IgnoreRules())
+    assert set(ep.relist(IgnoreRules(), ["d"]).entries) == {"d/f"}  # not below it, no directories
+    for bad in ["..", "d/..", "/", "/etc", "d//sub", "d/./sub"]:
+        with pytest.raises(OSError):
+            ep.relist(IgnoreRules(), [bad])
+    assert set(ep.relist(IgnoreRules(), ["d/sub"]).entries) == {"d/sub/g"}  # (the helper still works)
 
 
 def test_a_side_that_cannot_leave_directories_out_turns_it_off(

@@ -701,7 +701,14 @@ class Agent:
         if only is None:
             self.quiet_disk = {}
         else:
-            stack = [(d, self.quiet_disk.get(d, d)) for d in reversed(only) if isinstance(d, str)]
+            dirs: list[str] = []
+            for d in only:
+                if not isinstance(d, str):
+                    raise CallFailed(errno.EINVAL, "scan's only: not a path")
+                for part in d.split("/") if d else ():
+                    check_name(part)
+                dirs.append(d)
+            stack = [(d, self.quiet_disk.get(d, d)) for d in reversed(dirs)]
         own = self._scope()
         try:
             while stack:
