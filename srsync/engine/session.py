@@ -350,8 +350,8 @@ class PairSession:
         Quiet on both sides means the same files and links on both; quiet on
         one side only, that side's must be compared with the other's.
         """
-        for res, other, ep in ((sa, sb, self.alpha), (sb, sa, self.beta)):
-            dirs = [d for d in res.quiet if d not in other.quiet]
+        alone = [[d for d in res.quiet if d not in other.quiet] for res, other in ((sa, sb), (sb, sa))]
+        for res, ep, dirs in ((sa, self.alpha, alone[0]), (sb, self.beta, alone[1])):
             if not dirs:
                 continue
             got = ep.relist(rules, dirs)
