@@ -59,6 +59,15 @@ def is_under(path: RelPath, ancestor: RelPath) -> bool:
     return path == ancestor or path.startswith(ancestor + "/")
 
 
+def under_any(path: RelPath, roots: set[RelPath]) -> bool:
+    """True when ``path`` equals or lies inside one of ``roots`` (other than the root)."""
+    while path != ROOT:
+        if path in roots:
+            return True
+        path = parent(path)
+    return False
+
+
 def ancestors(path: RelPath) -> list[RelPath]:
     """Proper ancestors of ``path`` (excluding the root), outermost first."""
     parts = path.split("/")

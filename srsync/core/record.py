@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from srsync.core.entry import Kind, Snapshot
-from srsync.core.paths import ROOT, RelPath, depth, parent
-
-
-def _under_any(path: RelPath, roots: set[RelPath]) -> bool:
-    while path != ROOT:
-        if path in roots:
-            return True
-        path = parent(path)
-    return False
+from srsync.core.paths import ROOT, RelPath, depth, parent, under_any
 
 
 def next_ancestor(
@@ -31,7 +23,7 @@ def next_ancestor(
     else:
         new = {}
         for path in old.keys() | final.keys():
-            if path in failed or (keep and _under_any(path, keep)):
+            if path in failed or (keep and under_any(path, keep)):
                 if path in old:
                     new[path] = old[path]
             elif path in final:

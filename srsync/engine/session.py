@@ -11,7 +11,15 @@ from dataclasses import dataclass, field, replace
 from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
-from srsync.core.paths import ROOT, RelPath, case_collisions, is_under, link_escapes, parent
+from srsync.core.paths import (
+    ROOT,
+    RelPath,
+    case_collisions,
+    is_under,
+    link_escapes,
+    parent,
+    under_any,
+)
 from srsync.core.quiet import snapshot_summaries
 from srsync.core.reconcile import (
     ALPHA,
@@ -378,7 +386,7 @@ class PairSession:
                 out[d] = kept
         if frozen:
             parents = {parent(p) for p in frozen}
-            out = {d: s for d, s in out.items() if d not in parents and not _under_or_at(d, frozen)}
+            out = {d: s for d, s in out.items() if d not in parents and not under_any(d, frozen)}
         if out != old:
             self.state.save_mirror_summaries(self.pair_key, out)
 
@@ -428,15 +436,6 @@ class PairSession:
         for tmp in temps:  # leftovers of an interrupted run of this job
             with contextlib.suppress(OSError):
                 ep.remove(tmp, Kind.FILE)
-
-
-def _under_or_at(path: RelPath, roots: set[RelPath]) -> bool:
-    while True:
-        if path in roots:
-            return True
-        if path == ROOT:
-            return False
-        path = parent(path)
 
 
 def _describe_entry(e: Entry | None) -> str:
