@@ -93,12 +93,14 @@ def test_batches_wait_for_the_window(sshd: SSHD) -> None:
 
 
 def test_batches_across_key_exchanges(sshd: SSHD, caplog: pytest.LogCaptureFixture) -> None:
-    payload = os.urandom(5 * 1024 * 1024)
+    payload = os.urandom(8 * 1024 * 1024)
     caplog.set_level(logging.DEBUG, logger="paramiko.transport")
     with connect(sshd.conn_spec()) as conn:
         conn._transport.packetizer.REKEY_BYTES = 512 * 1024  # new keys every half MiB sent
         caplog.clear()
-        channel = conn.open_command("cat")
+        # a send batch (up to 2 MiB) asks for new keys once, at its end; a
+        # small window keeps the echo from arriving whole during one exchange
+        channel = conn.open_command("cat", window=256 * 1024)
         assert channel._batched
         assert echo_through_cat(channel, payload, pieces=5) == payload
         streams = conn.exec_command("echo ok")

@@ -98,7 +98,10 @@ def test_reads_across_key_exchanges(sshd: SSHD, tmp_path: Path, caplog: pytest.L
         reader_of(conn)
         conn._transport.packetizer.REKEY_BYTES = 512 * 1024  # new keys every half MiB received
         caplog.clear()
-        channel = conn.open_command(f"cat {path}")
+        # a window of 256 KiB: sshd cannot send the whole file while one
+        # exchange is under way, so every exchange leaves at least 256 KiB
+        # counted toward the next (a 32 MiB window let a slow run see only 3)
+        channel = conn.open_command(f"cat {path}", window=256 * 1024)
         assert read_all(channel) == data
         streams = conn.exec_command("echo ok")
         assert streams.stdout.read() == b"ok\n"

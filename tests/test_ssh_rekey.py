@@ -20,7 +20,7 @@ from helpers import make_tree, remote_job, run, tree_state
 from sshd import SSHD
 
 from srsync.jobspec import Location
-from srsync.ssh import rekey
+from srsync.ssh import connection, rekey
 from srsync.ssh.connection import connect
 
 pytestmark = pytest.mark.ssh
@@ -88,6 +88,9 @@ def test_syncs_across_frequent_key_exchanges(
     monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("SRSYNC_HELPER", helper)
     monkeypatch.setattr(paramiko.Packetizer, "REKEY_BYTES", 256 * 1024)
+    # the helper's channel window at 1 MiB: sshd cannot send everything
+    # while one exchange is under way, so exchanges keep coming on a slow run
+    monkeypatch.setattr(connection, "COMMAND_WINDOW", 1024 * 1024)
     caplog.set_level(logging.DEBUG, logger="paramiko.transport")
     m, t = tmp_path / "m", tmp_path / "t"
     tree: dict[str, bytes | str | None] = {f"big/{i}.bin": os.urandom(1024 * 1024 + i) for i in range(4)}

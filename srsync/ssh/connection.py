@@ -191,16 +191,16 @@ class SSHConnection:
                 cast(BinaryIO, channel.makefile_stderr("rb")),
             )
 
-    def open_command(self, command: str, window: int = COMMAND_WINDOW) -> CommandChannel:
+    def open_command(self, command: str, window: int | None = None) -> CommandChannel:
         """Start ``command`` on an exec channel with a large window and large packets.
 
         The window bounds how much the server may send ahead of our reads
         (bytes in flight on a long link); bigger packets cut paramiko's
-        per-packet cost.
+        per-packet cost.  ``window`` defaults to ``COMMAND_WINDOW``.
         """
         with connect_errors(self.label, self.timeout):
             channel = self._transport.open_session(
-                window_size=window, max_packet_size=COMMAND_PACKET, timeout=self.timeout
+                window_size=window or COMMAND_WINDOW, max_packet_size=COMMAND_PACKET, timeout=self.timeout
             )
             channel.in_buffer = inbound.ChunkPipe()  # before any data can arrive
             try:
