@@ -313,13 +313,16 @@ class AgentClient:
         self.flush()
         started = time.monotonic()
         while True:
+            # wake when the helper would have been quiet for the timeout (the
+            # stall is reported on time), and at least every second for _dead
+            left = max(self._last_rx, started) + self.io_timeout - time.monotonic()
             try:
-                item = call.frames.get(timeout=1.0)
+                item = call.frames.get(timeout=min(1.0, max(left, 0.001)))
             except queue.Empty:
                 if self._dead is not None and call.frames.empty():
                     raise self._dead from None
                 quiet = time.monotonic() - max(self._last_rx, started)
-                if quiet > self.io_timeout:
+                if quiet >= self.io_timeout:
                     self.close()
                     raise ConnectError(
                         f"connection to {self.label} stalled (the remote helper did not answer "
