@@ -26,6 +26,7 @@ class FaultProxy:
         self.port = self.sock.getsockname()[1]
         self.bytes = {"up": 0, "down": 0}
         self.faulted = threading.Event()
+        self.silenced = threading.Event()  # silence(): every connection goes quiet both ways
         self._stop = threading.Event()
         self._first = True
         self._threads: list[threading.Thread] = []
@@ -42,6 +43,10 @@ class FaultProxy:
 
     def disarm(self) -> None:
         self.cut_after = None
+
+    def silence(self) -> None:
+        """From now on forward nothing, either way, on any connection (a blackhole on demand)."""
+        self.silenced.set()
 
     def _accept(self) -> None:
         self.sock.settimeout(0.1)
@@ -71,7 +76,7 @@ class FaultProxy:
                         if not silent:
                             raise ConnectionError
                         continue
-                    if silent:
+                    if silent or self.silenced.is_set():
                         continue  # blackhole: swallow everything, answer nothing
                     dest, direction = peers[s]
                     self.bytes[direction] += len(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -130,6 +131,20 @@ def test_registry_falls_back_to_sftp_without_python3(sshd_no_python: SSHD, tmp_p
         # probed once per connection: the second path goes straight to SFTP
         assert id(pool.connection(loc.conn)) in pool._no_helper  # type: ignore[arg-type]
         assert not pool.open(loc).capabilities.remote_helper
+
+
+def test_slow_helper_falls_back_to_sftp(sshd: SSHD, tmp_path: Path) -> None:
+    # the interpreter starts later than the timeout, but the connection still
+    # answers: SFTP takes over (a silent connection is a stall: test_faults)
+    slow = tmp_path / "slow-python3"
+    slow.write_text('#!/bin/sh\nsleep 3\nexec python3 "$@"\n')
+    slow.chmod(0o755)
+    make_tree(tmp_path / "root", {"a": b"x"})
+    loc = Location(str(tmp_path / "root"), dataclasses.replace(sshd.conn_spec(), timeout=1.0))
+    with EndpointPool(helper=str(slow)) as pool:
+        ep = pool.open(loc)
+        assert ep.capabilities.remote and not ep.capabilities.remote_helper
+        assert set(ep.scan(IgnoreRules()).entries) == {"a"}
 
 
 def test_missing_interpreter_is_reported(sshd: SSHD, tmp_path: Path) -> None:

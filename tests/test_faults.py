@@ -16,7 +16,10 @@ import reliability_report as report
 from faultproxy import BLACKHOLE, FIN, RST, FaultProxy
 from helpers import make_tree, remote_job, run, tree_state
 
+import srsync.agent.client as agent_client
+from srsync.endpoints.registry import EndpointPool
 from srsync.engine.state import StateDB
+from srsync.errors import ConnectError
 from srsync.jobspec import ONE2ONE, ZERO2ONE, Location
 
 CUTS = 16
@@ -108,8 +111,9 @@ def test_cut_points_sweep(direction: str, sync_type: str, sshd: Any, tmp_path: P
         summary.append((i, which, mode, cut, r.exit_code, round(took, 1)))
         if mode == BLACKHOLE and proxy.faulted.is_set():
             # a silent connection is reported within about the configured timeout
-            # (2 s): once mid-run, at most twice during the handshake (banner, then
-            # authentication), plus polling granularity; never a hang
+            # (2 s): once mid-run; at the helper's start, once plus up to 1 s for a
+            # keepalive answer; at most twice during the handshake (banner, then
+            # authentication); never a hang
             assert took < 2 * 2.0 + 1.0, f"cut {i}: a silent connection took {took:.1f}s to detect"
         if proxy.faulted.is_set() and r.exit_code != 0:
             err = r.error or " ".join(p.error for p in r.pairs)
@@ -150,6 +154,32 @@ def test_cut_points_sweep(direction: str, sync_type: str, sshd: Any, tmp_path: P
     assert sum(1 for s in summary if s[4] != 0) >= CUTS // 2, "most cuts must actually hit the run"
 
 
+def test_silence_at_helper_start_is_one_stall(sshd: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the connection goes silent just as the helper is to start: the helper's
+    # timeout is the stall, not a reason to try SFTP and wait out a second one
+    proxy = FaultProxy(sshd.port)
+    original = agent_client.start_client
+
+    def start_in_silence(*args: Any, **kwargs: Any) -> Any:
+        proxy.silence()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(agent_client, "start_client", start_in_silence)
+    conn = _proxied(sshd, proxy.port, tmp_path)
+    try:
+        with EndpointPool() as pool:
+            started = time.monotonic()
+            with pytest.raises(ConnectError) as info:
+                pool.open(Location(str(tmp_path), conn))
+            took = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert str(info.value).startswith(f"connection to {conn.label} stalled")
+    assert "no longer answers" in str(info.value)
+    assert took < 2 * conn.timeout, f"took {took:.1f}s: a second timeout was waited out"
+
+
 def _ancestor(state_dir: Path) -> dict[str, tuple[object, ...]]:
     """The (only) pair's ancestor as comparable (kind, size, target) tuples."""
     import sqlite3
@@ -188,12 +218,17 @@ def _entries(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def _job(direction: str, sync_type: str, sshd: Any, port: int, m: Path, t: Path) -> Any:
-    kh = m.parent / f"known_hosts_{port}"
+def _proxied(sshd: Any, port: int, folder: Path) -> Any:
+    """The sshd's connection spec through a proxy on ``port``, with a timeout of 2 s."""
+    kh = folder / f"known_hosts_{port}"
     if not kh.exists():  # the proxy is the same server behind another port
         key = " ".join(sshd.host_pubkey_line.split()[-2:])
         kh.write_text(Path(sshd.known_hosts).read_text() + f"[127.0.0.1]:{port} {key}\n")
-    conn = dataclasses.replace(sshd.conn_spec(), port=port, timeout=2.0, known_hosts=str(kh))
+    return dataclasses.replace(sshd.conn_spec(), port=port, timeout=2.0, known_hosts=str(kh))
+
+
+def _job(direction: str, sync_type: str, sshd: Any, port: int, m: Path, t: Path) -> Any:
+    conn = _proxied(sshd, port, m.parent)
     if direction == "push":
         return remote_job(Location(str(m)), Location(str(t), conn), sync_type=sync_type, max_delete=100.0)
     return remote_job(Location(str(m), conn), Location(str(t)), sync_type=sync_type, max_delete=100.0)

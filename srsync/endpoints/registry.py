@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec, Location
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 HELPER_ENV = "SRSYNC_HELPER"
 DEFAULT_PYTHON = "python3"
 HELPER_CACHE = "helper-python.json"  # in the job's state folder: host label -> interpreter path
+# after a helper failed: how long a live connection may take to answer a keepalive
+# (at most half the configured timeout)
+ANSWER_WAIT = 2.0
 
 
 def helper_python(setting: str | None = None) -> str | None:
@@ -169,6 +173,13 @@ class EndpointPool:
             except HelperUnavailable as exc:
                 if python == cached and exc.not_found:
                     continue  # the remembered interpreter is gone: the plain command next
+                # a helper that did not start in time may be a slow server (SFTP next) or
+                # a connection gone silent: SFTP would then wait out a second timeout
+                if conn.transport_alive() and not conn.answers(min(conn.timeout / 2, ANSWER_WAIT)):
+                    raise ConnectError(
+                        f"connection to {conn.label} stalled (the helper did not start and the "
+                        "server no longer answers); retry later"
+                    ) from exc
                 with self._lock:
                     self._no_helper.add(id(conn))
                 log.info("%s: %s; using SFTP", conn.label, exc)

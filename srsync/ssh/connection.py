@@ -228,6 +228,32 @@ class SSHConnection:
             ) from exc
 
     # ---- state ------------------------------------------------------------
+    def answers(self, within: float) -> bool:
+        """Whether the server answers a request within ``within`` seconds.
+
+        The request is OpenSSH's own keepalive (a global request that wants a
+        reply; servers answer unknown ones with a failure); any packet that
+        arrives in time counts.  Where packets are not counted (paramiko's own
+        reader) or the request cannot go out at once (keys are being
+        exchanged, the connection is gone) nothing is known: True.
+        """
+        reader = self._transport.packetizer.read_message
+        if not isinstance(reader, inbound.FastReader) or not self._transport.clear_to_send.is_set():
+            return True
+        before = reader.received
+        request = paramiko.Message()
+        request.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        request.add_string("keepalive@openssh.com")
+        request.add_boolean(True)
+        try:
+            self._transport._send_user_message(request)
+        except Exception:  # a connection already gone: whatever runs next reports it
+            return True
+        deadline = time.monotonic() + within
+        while reader.received == before and time.monotonic() < deadline and self._transport.is_active():
+            time.sleep(0.005)
+        return reader.received != before or not self._transport.is_active()
+
     def transport_alive(self) -> bool:
         t = self._transport
         if self._closed or not t.is_active() or not t.is_authenticated():
