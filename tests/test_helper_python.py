@@ -57,6 +57,15 @@ def test_stale_interpreter_falls_back_and_is_replaced(sshd: SSHD, tmp_path: Path
     assert cache[label] == ep.helper_info["executable"] != "/nonexistent/bin/python3"
 
 
+def test_remembered_before_the_state_folder_exists(sshd: SSHD, tmp_path: Path) -> None:
+    # a helper started ahead can answer before the run has made its state folder
+    state = tmp_path / "not-yet" / "state"
+    with EndpointPool(cache_dir=state) as pool:
+        real = _open(pool, Location(str(tmp_path), sshd.conn_spec())).helper_info["executable"]
+    assert list(json.loads((state / HELPER_CACHE).read_text()).values()) == [real]
+    assert state.stat().st_mode & 0o777 == 0o700
+
+
 def test_without_a_cache_folder_nothing_is_written(sshd: SSHD, tmp_path: Path) -> None:
     loc = Location(str(tmp_path), sshd.conn_spec())
     with EndpointPool() as pool:

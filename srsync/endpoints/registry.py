@@ -215,6 +215,8 @@ class EndpointPool:
                 data.pop(label, None)
             tmp = self._cache.with_name(f"{self._cache.name}.{os.getpid()}.tmp")
             try:
+                # a helper started ahead may answer before the run has made its state folder
+                self._cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
                 os.replace(tmp, self._cache)
             except OSError:
