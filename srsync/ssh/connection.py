@@ -25,7 +25,7 @@ import paramiko
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh import hostkeys, inbound, rekey
-from srsync.ssh.bulk import batch_capable, send_batch
+from srsync.ssh.bulk import _P, batch_capable, send_batch
 from srsync.ssh.errors import connect_errors, connection_lost
 from srsync.ssh.sftpfs import SFTPFS, open_sftp_client
 from srsync.ssh.sshconfig import (
@@ -233,14 +233,20 @@ class SSHConnection:
 
         The request is OpenSSH's own keepalive (a global request that wants a
         reply; servers answer unknown ones with a failure); any packet that
-        arrives in time counts.  Where packets are not counted (paramiko's own
-        reader) or the request cannot go out at once (keys are being
-        exchanged, the connection is gone) nothing is known: True.
+        arrives in time counts: it moves the packetizer's inbound sequence
+        number, which every reader (paramiko's and ``srsync.ssh.inbound``'s)
+        advances.  Where that number is not there (another paramiko) or the
+        request cannot go out at once (keys are being exchanged, the
+        connection is gone) nothing is known: True.
         """
-        reader = self._transport.packetizer.read_message
-        if not isinstance(reader, inbound.FastReader) or not self._transport.clear_to_send.is_set():
+        packetizer = self._transport.packetizer
+
+        def seqno() -> object:
+            return getattr(packetizer, _P + "sequence_number_in", None)
+
+        before = seqno()
+        if before is None or not self._transport.clear_to_send.is_set():
             return True
-        before = reader.received
         request = paramiko.Message()
         request.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
         request.add_string("keepalive@openssh.com")
@@ -250,9 +256,9 @@ class SSHConnection:
         except Exception:  # a connection already gone: whatever runs next reports it
             return True
         deadline = time.monotonic() + within
-        while reader.received == before and time.monotonic() < deadline and self._transport.is_active():
+        while seqno() == before and time.monotonic() < deadline and self._transport.is_active():
             time.sleep(0.005)
-        return reader.received != before or not self._transport.is_active()
+        return seqno() != before or not self._transport.is_active()
 
     def transport_alive(self) -> bool:
         t = self._transport

@@ -131,14 +131,8 @@ class FastReader:
         self._start = 0  # unread bytes are _buf[_start:_end]
         self._end = 0
         self._kept: tuple[int, Any] | None = None
-        self.received = 0  # messages handed to the transport so far (whether it is silent)
 
     def __call__(self) -> tuple[int, Any]:
-        message = self._next_message()
-        self.received += 1
-        return message
-
-    def _next_message(self) -> tuple[int, Any]:
         if self._kept is not None:
             kept, self._kept = self._kept, None
             return kept
