@@ -278,6 +278,11 @@ class AgentClient:
         with self._send_lock:
             self._flush_locked()
 
+    def send_room(self) -> int:
+        """Bytes that could be sent now without waiting for the far side's window."""
+        room = getattr(self._channel, "send_room", None)
+        return (room() if room is not None else SEND_BUFFER * 64) - self._out_size
+
     def call(self, op: str, args: list[Any], raw: bytes | bytearray | memoryview = b"") -> Call:
         """Send a request without waiting for its answer."""
         with self._calls_lock:

@@ -64,6 +64,12 @@ STREAMS = 6  # channels for one big upload (OpenSSH's 2 MiB window caps each at 
 # Below this round trip one channel is not window-bound, and extra helper
 # processes only compete for CPU (measured: slower on loopback).
 PARALLEL_RTT = 0.005
+# Batches of small steps over several channels on such a link (see apply_steps):
+# at most this many channels, the extra helpers started once this much was pushed,
+# and this many more batches in flight per extra channel.
+SPREAD_STREAMS = 4
+SPREAD_AFTER = 1024 * 1024
+SPREAD_DEPTH = 4
 # enum members read per entry or step, bound once (see srsync.core.entry)
 _FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
 _WRITE, _MKDIR, _LINK_STEP, _REMOVE, _META = (
@@ -284,6 +290,8 @@ class AgentEndpoint(Endpoint):
         self._extra: list[AgentClient] = []
         self._extra_lock = threading.Lock()
         self._extra_refused = False
+        self._growing = False  # extra helpers for spreading batches were asked for
+        self._starting = 0  # extra helpers on their way
         self._closed = False
 
     def _start(self) -> AgentClient:
@@ -510,23 +518,79 @@ class AgentEndpoint(Endpoint):
         answer per batch instead of per file); a streamed big file waits for
         everything before it, then goes on its own, or, on a slow link, striped
         over several channels together with the big files right after it.
+
+        On a slow link, batches of small files and symlinks are also spread
+        over several channels (OpenSSH's 2 MiB window caps each at 2 MiB per
+        round trip): each goes to the helper with the most send window left.
+        Only such a batch may overtake another, and only one whose paths
+        (and their parents) no step since the last wait has touched: any
+        other step goes on the main channel once every batch on another one
+        has answered, and the batches after it leave the main channel only
+        once it has answered.
         """
         client = self._client
-        inflight: deque[tuple[Call, int]] = deque()
+        # (helper, call, steps, in order): in order = sent on the main channel, to be
+        # answered before any batch leaves on another one
+        inflight: deque[tuple[AgentClient, Call, int, bool]] = deque()
         batch: list[list[Any]] = []
         raws: list[bytes] = []
         batch_bytes = 0
+        spread = self._spreads()
+        # paths written since the last wait, while spreading; a batch holding a step
+        # that must keep its place (``ordered``) goes on the main channel
+        touched: set[str] | None = set() if spread else None
+        ordered = False
+        ordered_inflight = 0  # batches in flight that must answer before spreading
+        on_extra = 0  # batches in flight on other channels
+        spread_bytes = 0  # pushed since spreading could start: extra helpers once worth it
+        depth = BATCH_DEPTH_STEPS
 
-        def send_batch() -> None:
-            nonlocal batch, raws, batch_bytes
-            if batch:
-                inflight.append((client.call("batch", [batch], b"".join(raws)), len(batch)))
-                batch, raws, batch_bytes = [], [], 0
+        def send_batch() -> Iterator[Entry | None | OSError]:
+            nonlocal batch, raws, batch_bytes, ordered, ordered_inflight, on_extra, spread_bytes, depth
+            if not batch:
+                return
+            helper = client
+            if ordered:
+                while on_extra:  # every batch on another channel answers first
+                    yield from collect()
+                # the batches after this one wait for it before they may leave the main
+                # channel, and the main channel keeps its own order: nothing to overtake
+                assert touched is not None
+                touched.clear()
+            elif spread:
+                spread_bytes += batch_bytes
+                if spread_bytes >= SPREAD_AFTER:
+                    self._grow_extra()
+                with self._extra_lock:
+                    extra = self._extra[: self._streams - 1]
+                if extra:
+                    depth = BATCH_DEPTH_STEPS + SPREAD_DEPTH * len(extra)
+                    while ordered_inflight:
+                        yield from collect()
+                    room = client.send_room()
+                    for other in extra:
+                        if other.alive and other.send_room() > room:
+                            helper, room = other, other.send_room()
+            call = helper.call("batch", [batch], b"".join(raws))
+            if helper is not client:
+                on_extra += 1
+            elif ordered:
+                ordered_inflight += 1
+            inflight.append((helper, call, len(batch), ordered))
+            batch, raws, batch_bytes, ordered = [], [], 0, False
+            if on_extra:
+                # out now: with several channels, waiting on one must not hold back another
+                helper.flush()
 
         def collect() -> Iterator[Entry | None | OSError]:
-            call, count = inflight.popleft()
+            nonlocal ordered_inflight, on_extra
+            helper, call, count, was_ordered = inflight.popleft()
+            if helper is not client:
+                on_extra -= 1
+            elif was_ordered:
+                ordered_inflight -= 1
             out: list[Entry | None | OSError] = [None] * count
-            for answer in client.result_raw(call).meta:
+            for answer in helper.result_raw(call).meta:
                 if len(answer) == 3:
                     out[answer[0]] = call_error(answer[2])
             yield from out
@@ -542,6 +606,8 @@ class AgentEndpoint(Endpoint):
                     # the common case of a push, inlined: a small file in the batch frame
                     entry = step.entry
                     assert entry is not None
+                    if touched is not None and not _may_overtake(touched, step.path):
+                        ordered = True
                     if step.guarded:
                         expected = step.expected
                         guard: list[Any] | None = [None if expected is None else entry_to_json(expected)]
@@ -553,22 +619,24 @@ class AgentEndpoint(Endpoint):
                         raws.append(data)
                         batch_bytes += size
                     if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
-                        send_batch()
-                        while len(inflight) > BATCH_DEPTH_STEPS:
+                        yield from send_batch()
+                        while len(inflight) > depth:
                             yield from collect()
                     continue
                 try:
                     request = self._step_request(step)
                 except OSError as exc:
-                    send_batch()
+                    yield from send_batch()
                     while inflight:
                         yield from collect()
                     yield exc
                     continue
                 if request is None:  # a streamed big file: everything before it first
-                    send_batch()
+                    yield from send_batch()
                     while inflight:
                         yield from collect()
+                    if touched is not None:
+                        touched.clear()
                     if self._goes_striped(step):
                         resume = yield from self._striped_run(step, pending)
                         if resume is not None:
@@ -576,20 +644,38 @@ class AgentEndpoint(Endpoint):
                         continue
                     yield self._big_write(step)
                     continue
+                if touched is not None and (step.kind is not _LINK_STEP or not _may_overtake(touched, step.path)):
+                    ordered = True
                 op, args, raw = request
                 batch.append([op, args, len(raw)])
                 raws.append(raw)
                 batch_bytes += len(raw)
                 if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
-                    send_batch()
-                    while len(inflight) > BATCH_DEPTH_STEPS:
+                    yield from send_batch()
+                    while len(inflight) > depth:
                         yield from collect()
             if resume is None:
                 break
             pending = itertools.chain((resume,), pending)
-        send_batch()
+        yield from send_batch()
         while inflight:
             yield from collect()
+
+    def _spreads(self) -> bool:
+        """Whether batches of small steps go over several channels (a window-bound link)."""
+        return self._streams > 1 and self._client.rtt >= PARALLEL_RTT
+
+    def _grow_extra(self) -> None:
+        """Start the helpers still missing for spreading, in the background, once."""
+        with self._extra_lock:
+            if self._growing or self._extra_refused or self._closed:
+                return
+            self._growing = True
+            missing = min(self._streams, SPREAD_STREAMS) - 1 - len(self._extra)
+        if missing > 0:
+            threading.Thread(
+                target=self._start_extra_quietly, args=(missing,), name=f"agent-up-{self._conn.label}", daemon=True
+            ).start()
 
     def _step_request(self, step: Step) -> tuple[str, list[Any], bytes] | None:
         """The helper call for a small step; None for a file to stream."""
@@ -633,21 +719,37 @@ class AgentEndpoint(Endpoint):
 
     # ---- several channels for one big file --------------------------------
     def _start_extra(self) -> AgentClient | None:
-        """One more helper on its own channel, or None once the server refuses (MaxSessions)."""
-        if self._extra_refused or self._closed:
-            return None
+        """One more helper on its own channel, or None once the server refuses (MaxSessions)
+        or ``streams`` channels are up or on their way."""
+        with self._extra_lock:
+            if self._extra_refused or self._closed or len(self._extra) + self._starting >= self._streams - 1:
+                return None
+            self._starting += 1
         try:
             helper = self._start()
             helper.result(helper.call("root", [self.root]))
         except (HelperUnavailable, ConnectError, OSError):
             self._extra_refused = True  # fewer streams then
             return None
+        finally:
+            with self._extra_lock:
+                self._starting -= 1
         with self._extra_lock:
             if self._closed:
                 helper.close()
                 return None
             self._extra.append(helper)
         return helper
+
+    def _start_extra_quietly(self, count: int) -> None:
+        """``count`` times ``_start_extra``, one after another, in a background thread: a
+        failure only means fewer channels."""
+        try:
+            for _ in range(count):
+                if self._start_extra() is None:
+                    return
+        except Exception:  # noqa: BLE001 (a thread of its own: nothing to report it to)
+            self._extra_refused = True
 
     def _goes_striped(self, step: Step) -> bool:
         """Whether ``step`` is a big upload worth several channels (see srsync.endpoints.striped)."""
@@ -782,6 +884,16 @@ class AgentEndpoint(Endpoint):
             helper.close()
         if self._owns_conn:
             self._conn.close()
+
+
+def _may_overtake(touched: set[str], path: RelPath) -> bool:
+    """Whether a write of ``path`` may land before or after the writes in ``touched``
+    (no step since the last wait was at the path or its parent); records it."""
+    at = path.rfind("/")
+    if path in touched or (at > 0 and path[:at] in touched):
+        return False
+    touched.add(path)
+    return True
 
 
 def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes]) -> Entry:

@@ -292,6 +292,9 @@ class Endpoint(abc.ABC):
         more than the write; ``transfer_file`` then takes the requested values).
         Endpoints with a remote helper keep many steps in flight; results
         still come in order, and a failed step never stops the later ones.
+        On a slow link they may also let writes and symlinks of paths no step
+        since the last wait has touched (nor their parents) land out of
+        order among themselves; every other step keeps its place.
         """
         for step in steps:
             try:

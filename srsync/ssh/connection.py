@@ -119,6 +119,10 @@ class CommandChannel:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise connection_lost(self.label, exc) from exc
 
+    def send_room(self) -> int:
+        """How much of the far side's window is open: what ``send`` takes without waiting."""
+        return int(self._channel.out_window_size)
+
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes of stdout; b"" at the end.  May raise TimeoutError when idle."""
         try:
