@@ -59,7 +59,8 @@ def test_may_overtake_only_paths_and_parents_not_touched() -> None:
 
 
 def test_small_steps_spread_over_channels_keep_their_order(
-    agent_endpoint_factory: AgentFactory, tmp_path: Path, batches: list[tuple[AgentClient, list[list[Any]]]]
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, batches: list[tuple[AgentClient, list[list[Any]]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Removes, then mkdirs, then many writes and links, the same path written twice, a
     mkdir and a write into it after the writes, directory mtimes last: every step lands
@@ -67,6 +68,10 @@ def test_small_steps_spread_over_channels_keep_their_order(
     make_tree(tmp_path, {"old/f": b"gone", "taken": b"was here first"})
     ep = agent_endpoint_factory(str(tmp_path), streams=3)
     assert ep._start_extra() is not None and ep._start_extra() is not None
+    # as on a window-bound link: the main channel's window reads as closed, so the
+    # batches that may go elsewhere do (what sshd's window adjustments would decide)
+    main = ep._client
+    monkeypatch.setattr(main, "send_room", lambda: 0)
     old_f, old_dir = ep.stat("old/f"), ep.stat("old")
     assert old_f is not None and old_dir is not None
     d_entry = Entry(Kind.DIR, mode=0o755, mtime_ns=T0)
@@ -121,7 +126,8 @@ def test_small_steps_spread_over_channels_keep_their_order(
 
 
 def test_sync_spread_over_channels_matches_the_source(
-    agent_endpoint_factory: AgentFactory, tmp_path: Path, batches: list[tuple[AgentClient, list[list[Any]]]]
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, batches: list[tuple[AgentClient, list[list[Any]]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A whole push through apply_operations with spreading on: the extra helpers start by
     themselves in the background; a second pass after changes (type changes, removals,
@@ -154,6 +160,9 @@ def test_sync_spread_over_channels_matches_the_source(
         (src / f"a{d}/b{d % 3}").write_bytes(b"was a dir")
     make_tree(src, {f"new{i}/x/y{j}": os.urandom(30) for i in range(3) for j in range(40)})
     shown = len(batches)
+    # every window reads the same: the batches go by bytes unanswered, whatever the
+    # timing of sshd's window adjustments
+    monkeypatch.setattr(AgentClient, "send_room", lambda self: 1 << 20)
     outcomes = sync(LocalEndpoint(str(src)), remote)
     assert all(o is None for _, o in outcomes), [x for x in outcomes if x[1] is not None]
     assert tree(dst) == tree(src)

@@ -521,7 +521,8 @@ class AgentEndpoint(Endpoint):
 
         On a slow link, batches of small files and symlinks are also spread
         over several channels (OpenSSH's 2 MiB window caps each at 2 MiB per
-        round trip): each goes to the helper with the most send window left.
+        round trip): each goes to the helper with the most send window left
+        (of equals, the one with the fewest bytes unanswered).
         Only such a batch may overtake another, and only one whose paths
         (and their parents) no step since the last wait has touched: any
         other step goes on the main channel once every batch on another one
@@ -529,9 +530,10 @@ class AgentEndpoint(Endpoint):
         once it has answered.
         """
         client = self._client
-        # (helper, call, steps, in order): in order = sent on the main channel, to be
-        # answered before any batch leaves on another one
-        inflight: deque[tuple[AgentClient, Call, int, bool]] = deque()
+        # (helper, call, steps, bytes, in order): in order = sent on the main channel, to
+        # be answered before any batch leaves on another one
+        inflight: deque[tuple[AgentClient, Call, int, int, bool]] = deque()
+        unanswered: dict[AgentClient, int] = {client: 0}  # bytes in flight per helper
         batch: list[list[Any]] = []
         raws: list[bytes] = []
         batch_bytes = 0
@@ -567,16 +569,21 @@ class AgentEndpoint(Endpoint):
                     depth = BATCH_DEPTH_STEPS + SPREAD_DEPTH * len(extra)
                     while ordered_inflight:
                         yield from collect()
-                    room = client.send_room()
+                    # the channel with the most window left; of equals, the one with the
+                    # fewest bytes unanswered
+                    best = (client.send_room(), -unanswered[client])
                     for other in extra:
-                        if other.alive and other.send_room() > room:
-                            helper, room = other, other.send_room()
+                        if other.alive:
+                            score = (other.send_room(), -unanswered.setdefault(other, 0))
+                            if score > best:
+                                helper, best = other, score
             call = helper.call("batch", [batch], b"".join(raws))
             if helper is not client:
                 on_extra += 1
             elif ordered:
                 ordered_inflight += 1
-            inflight.append((helper, call, len(batch), ordered))
+            unanswered[helper] += batch_bytes
+            inflight.append((helper, call, len(batch), batch_bytes, ordered))
             batch, raws, batch_bytes, ordered = [], [], 0, False
             if on_extra:
                 # out now: with several channels, waiting on one must not hold back another
@@ -584,7 +591,8 @@ class AgentEndpoint(Endpoint):
 
         def collect() -> Iterator[Entry | None | OSError]:
             nonlocal ordered_inflight, on_extra
-            helper, call, count, was_ordered = inflight.popleft()
+            helper, call, count, size, was_ordered = inflight.popleft()
+            unanswered[helper] -= size
             if helper is not client:
                 on_extra -= 1
             elif was_ordered:
