@@ -30,12 +30,16 @@ safe as the CRC it replaces.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+
+# Shipped to the remote helper, whose start-up should not import ``typing`` (~5 ms):
+# type-only imports go under this flag, which mypy takes as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _xxhash: Any
 try:  # optional: much faster block digests when both sides have it
@@ -234,13 +238,16 @@ def digest_function(algo: str) -> Callable[[bytes | memoryview], bytes]:
     if algo == XXH128:
         if _xxhash is None:
             raise ValueError("xxhash is not available here")
-        return cast("Callable[[bytes | memoryview], bytes]", _xxhash.xxh3_128_digest)
+        digest: Callable[[bytes | memoryview], bytes] = _xxhash.xxh3_128_digest
+        return digest
     if algo == SHA1:
         return _sha1
     raise ValueError(f"unknown block digest {algo!r}")
 
 
 def _sha1(data: bytes | memoryview) -> bytes:
+    import hashlib  # here, not at the top: the helper's start-up skips it (~4 ms)
+
     return hashlib.sha1(data).digest()[:DIGEST]
 
 

@@ -48,14 +48,12 @@ import contextlib
 import errno
 import json
 import os
-import re
 import stat as statmod
 import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, BinaryIO
 
 from srsync.agent.delta import (
     OpDecoder,
@@ -70,6 +68,12 @@ from srsync.agent.delta import (
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
 from srsync.core.paths import check_name, is_temp_name, nfc
 from srsync.core.summary import file_record, link_record, summarize
+
+# The helper's start-up should not import ``typing`` (~5 ms): type-only imports go
+# under this flag, which mypy takes as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 PROTOCOL = 5  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans; 5: scan "only"
 MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
@@ -669,6 +673,8 @@ class Agent:
 
     # ---- reading -------------------------------------------------------
     def op_scan(self, rid: int, args: list[Any], raw: bytes) -> None:
+        if args[0]:
+            import re  # only where there are rules (see srsync.core.ignore)
         rules = IgnoreRules(
             tuple(
                 Rule(base=base, pattern=pattern, regex=re.compile(rx, flags), negate=neg, dir_only=dir_only)

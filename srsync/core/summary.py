@@ -16,7 +16,10 @@ are sorted, and the digest is BLAKE2b-128 of their UTF-8 text.
 
 from __future__ import annotations
 
-import hashlib
+try:  # the same function as hashlib's, without hashlib's OpenSSL import (~3 ms of the helper's start)
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # pragma: no cover - a python built without it
+    from hashlib import blake2b as _blake2b
 
 
 def file_record(name: str, size: int, mtime_ns: int, mode: int) -> str:
@@ -32,4 +35,4 @@ def link_record(name: str, target: str) -> str:
 def summarize(records: list[str]) -> str:
     """The digest of one directory's records, in any order (sorts ``records`` in place)."""
     records.sort()
-    return hashlib.blake2b("".join(records).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return _blake2b("".join(records).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
