@@ -91,6 +91,26 @@ def test_connection_socket_acknowledges_promptly_and_keeps_nagle_off(sshd: SSHD)
         assert conn.near  # still seen as a plain socket to a server reached directly
 
 
+def test_server_global_request_without_reply_is_answered_with_an_ignore(sshd: SSHD) -> None:
+    # OpenSSH sends hostkeys-00@openssh.com (no reply wanted) right after authentication;
+    # the SSH_MSG_IGNORE we answer it with lets a relay between us and sshd acknowledge it
+    # at once, so sshd's Nagle does not hold back the confirmation of our first channel
+    with connect(sshd.conn_spec()) as conn:
+        streams = conn.exec_command("echo ok")
+        assert streams.stdout.read() == b"ok\n"
+        assert streams.exit_status() == 0
+        transport = conn._transport
+        deadline = time.monotonic() + 5
+        while transport.srsync_nudges < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert transport.srsync_nudges == 1
+        # the connection goes on as before, a key exchange included
+        transport.renegotiate_keys()
+        streams = conn.exec_command("echo again")
+        assert streams.stdout.read() == b"again\n"
+        assert transport.srsync_nudges == 1
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
 def test_prompt_ack_socket_asks_for_quick_acks_after_every_read() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
