@@ -531,9 +531,8 @@ class AgentEndpoint(Endpoint):
         """
         client = self._client
         # (helper, call, steps, bytes, in order): in order = sent on the main channel, to
-        # be answered before any batch leaves on another one
+        # be answered before any batch leaves on another one (at most a few dozen)
         inflight: deque[tuple[AgentClient, Call, int, int, bool]] = deque()
-        unanswered: dict[AgentClient, int] = {client: 0}  # bytes in flight per helper
         batch: list[list[Any]] = []
         raws: list[bytes] = []
         batch_bytes = 0
@@ -542,18 +541,23 @@ class AgentEndpoint(Endpoint):
         # that must keep its place (``ordered``) goes on the main channel
         touched: set[str] | None = set() if spread else None
         ordered = False
-        ordered_inflight = 0  # batches in flight that must answer before spreading
-        on_extra = 0  # batches in flight on other channels
         spread_bytes = 0  # pushed since spreading could start: extra helpers once worth it
         depth = BATCH_DEPTH_STEPS
 
+        def on_extra() -> bool:
+            """Whether a batch is in flight on another channel than the main one."""
+            return any(sent[0] is not client for sent in inflight)
+
+        def unanswered(helper: AgentClient) -> int:
+            return sum(sent[3] for sent in inflight if sent[0] is helper)
+
         def send_batch() -> Iterator[Entry | None | OSError]:
-            nonlocal batch, raws, batch_bytes, ordered, ordered_inflight, on_extra, spread_bytes, depth
+            nonlocal batch, raws, batch_bytes, ordered, spread_bytes, depth
             if not batch:
                 return
             helper = client
             if ordered:
-                while on_extra:  # every batch on another channel answers first
+                while on_extra():  # every batch on another channel answers first
                     yield from collect()
                 # the batches after this one wait for it before they may leave the main
                 # channel, and the main channel keeps its own order: nothing to overtake
@@ -567,36 +571,25 @@ class AgentEndpoint(Endpoint):
                     extra = self._extra[: self._streams - 1]
                 if extra:
                     depth = BATCH_DEPTH_STEPS + SPREAD_DEPTH * len(extra)
-                    while ordered_inflight:
+                    while any(sent[4] for sent in inflight):
                         yield from collect()
                     # the channel with the most window left; of equals, the one with the
                     # fewest bytes unanswered
-                    best = (client.send_room(), -unanswered[client])
+                    best = (client.send_room(), -unanswered(client))
                     for other in extra:
                         if other.alive:
-                            score = (other.send_room(), -unanswered.setdefault(other, 0))
+                            score = (other.send_room(), -unanswered(other))
                             if score > best:
                                 helper, best = other, score
             call = helper.call("batch", [batch], b"".join(raws))
-            if helper is not client:
-                on_extra += 1
-            elif ordered:
-                ordered_inflight += 1
-            unanswered[helper] += batch_bytes
             inflight.append((helper, call, len(batch), batch_bytes, ordered))
             batch, raws, batch_bytes, ordered = [], [], 0, False
-            if on_extra:
+            if on_extra():
                 # out now: with several channels, waiting on one must not hold back another
                 helper.flush()
 
         def collect() -> Iterator[Entry | None | OSError]:
-            nonlocal ordered_inflight, on_extra
-            helper, call, count, size, was_ordered = inflight.popleft()
-            unanswered[helper] -= size
-            if helper is not client:
-                on_extra -= 1
-            elif was_ordered:
-                ordered_inflight -= 1
+            helper, call, count = inflight.popleft()[:3]
             out: list[Entry | None | OSError] = [None] * count
             for answer in helper.result_raw(call).meta:
                 if len(answer) == 3:

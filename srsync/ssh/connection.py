@@ -433,10 +433,6 @@ def _with_proxy(settings: HostSettings, proxy_jump: str) -> HostSettings:
     return replace(settings, proxy_jump=proxy_jump, proxy_command=None)
 
 
-_MSG_GLOBAL_REQUEST = 80
-_MSG_IGNORE = 2
-
-
 def _nudge_after_global_requests(transport: paramiko.Transport) -> None:
     """Answer a server's global request that wants no reply (OpenSSH sends
     ``hostkeys-00@openssh.com`` right after authentication) with an SSH_MSG_IGNORE.
@@ -453,7 +449,7 @@ def _nudge_after_global_requests(transport: paramiko.Transport) -> None:
     table = getattr(transport, "_handler_table", None)
     if not isinstance(table, dict):
         return
-    handler = table.get(_MSG_GLOBAL_REQUEST)
+    handler = table.get(paramiko.common.MSG_GLOBAL_REQUEST)
     send = getattr(transport, "_send_message", None)
     if handler is None or send is None:
         return
@@ -470,12 +466,12 @@ def _nudge_after_global_requests(transport: paramiko.Transport) -> None:
         handler(m)
         if not wants_reply:
             nudge = paramiko.Message()
-            nudge.add_byte(bytes([_MSG_IGNORE]))
+            nudge.add_byte(paramiko.common.cMSG_IGNORE)
             nudge.add_string(b"")
             send(nudge)
             transport.srsync_nudges += 1
 
-    table[_MSG_GLOBAL_REQUEST] = on_global_request
+    table[paramiko.common.MSG_GLOBAL_REQUEST] = on_global_request
 
 
 def _handshake(sock: Any, timeout: float, known_hosts: str, key_name: str) -> paramiko.Transport:
