@@ -305,3 +305,41 @@ def test_helper_put_of_a_new_file_never_replaces_a_taken_name(tmp_path: Path, un
     st = os.stat(tmp_path / "new")
     assert ((tmp_path / "new").read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns) == (b"content", 0o640, T0)
     assert sorted(os.listdir(tmp_path)) == ["new", "taken"]
+
+
+FRAME_VALUES = [
+    None, True, False, 0, -1, 2**64 + 3, 1.5, -0.0, 1e300, "", "plain", "é\n\t\"\\\x00\x7f\U0001f600",
+    [], {}, [1, [2, [3, {"a": None}]]], {"k": ["v", 1, 2.25], "é": {"": []}},
+]
+
+
+@pytest.mark.parametrize("value", FRAME_VALUES)
+def test_helper_frames_encode_and_decode_as_json_does(value: object) -> None:
+    """The helper's codec (the C accelerator used directly) writes what the json module
+    writes and reads it back the same; both of its halves and the fallback agree."""
+    import json
+
+    want = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode(value)
+    assert remote._encode(value) == want
+    assert remote._decode(want.encode("ascii")) == value
+    assert json.loads(remote._encode(value)) == value
+
+
+def test_helper_codec_refuses_what_json_refuses() -> None:
+    for bad in (b"", b"[1,", b"nope", b"[1] 2", b'{"a" 1}'):
+        with pytest.raises(ValueError):
+            remote._decode(bad)
+    with pytest.raises(TypeError):
+        remote._encode({"a": object()})
+    assert remote._decode(b" [NaN, Infinity] ")[1] == float("inf")
+
+
+def test_helper_codec_falls_back_to_the_json_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a usable accelerator the helper still speaks the same JSON."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "_json", None)  # import _json now fails
+    encode, decode = remote.json_codec()
+    for value in FRAME_VALUES:
+        assert decode(encode(value).encode("ascii")) == value
+    assert encode({"a": [1, "é"]}) == remote._encode({"a": [1, "é"]})

@@ -280,8 +280,9 @@ def test_fast_option_conversion_matches_typer(command: str) -> None:
 
 def test_the_helper_starts_without_typing_or_openssl() -> None:
     """The shipped program (as the server runs it, minus serving) imports neither
-    ``typing`` nor hashlib's OpenSSL module, nor ``dataclasses``/``inspect``: each costs
-    milliseconds of every helper start."""
+    ``typing`` nor hashlib's OpenSSL module, nor ``dataclasses``/``inspect``, nor ``json``
+    and what it brings (``re``, ``enum``, ``functools``, ``collections``), nor
+    ``contextlib`` or ``array``: each costs milliseconds of every helper start."""
     import zlib
 
     from srsync.agent import _program
@@ -289,7 +290,8 @@ def test_the_helper_starts_without_typing_or_openssl() -> None:
     text = zlib.decompress(_program()).decode("utf-8").rstrip()
     serve = 'sys.modules["srsync.agent.remote"].main()'
     assert text.endswith(serve)
-    heavy = ("typing", "hashlib", "_hashlib", "dataclasses", "inspect")
+    heavy = ("typing", "hashlib", "_hashlib", "dataclasses", "inspect", "json", "re", "enum",
+             "functools", "collections", "contextlib", "array")
     text = text[: -len(serve)] + f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     # the loader first reads the length of the bytecode that may follow: none here
     out = subprocess.run([sys.executable, "-S", "-c", text], input=bytes(4), capture_output=True, check=True)

@@ -33,12 +33,12 @@ import errno
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
 
-# Shipped to the remote helper, whose start-up should not import ``typing`` (~5 ms):
-# type-only imports go under this flag, which mypy takes as true.
+# Shipped to the remote helper, whose start-up should import neither ``typing`` (~5 ms)
+# nor ``collections``: type-only imports go under this flag, which mypy takes as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
 _xxhash: Any

@@ -43,16 +43,12 @@ packs many files into one ITEM: a JSON list of ``[length, lstat]`` (or
 
 from __future__ import annotations
 
-import array
-import contextlib
 import errno
-import json
 import os
 import stat as statmod
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
 from operator import itemgetter
 
 from srsync.agent.delta import (
@@ -69,10 +65,11 @@ from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
 from srsync.core.paths import check_name, is_temp_name, nfc
 from srsync.core.summary import file_record, link_record, summarize
 
-# The helper's start-up should not import ``typing`` (~5 ms): type-only imports go
-# under this flag, which mypy takes as true.
+# The helper's start-up should not import ``typing`` (~5 ms) or ``collections``:
+# type-only imports go under this flag, which mypy takes as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any, BinaryIO
 
 PROTOCOL = 5  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans; 5: scan "only"
@@ -81,9 +78,84 @@ MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
 HEADER = struct.Struct(">BII")
 JSON_LEN = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # refuse absurd lengths from a corrupt stream
-# One encoder for every frame (json.dumps with options builds a new one per
-# call); frames are trees of lists and dicts built here, never cyclic.
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def _default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _Strict:
+    """What ``_json.make_scanner`` reads from a decoder: plain JSON, no hooks."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity, as json.loads reads them
+    memo = None
+
+
+def json_codec() -> tuple[Callable[[Any], str], Callable[[bytes], Any]]:
+    """(encode, decode) for frame metadata: compact JSON, ASCII, no cycle check.
+
+    ``import json`` costs a bare ``python3 -S`` about 8 ms (it brings ``re``, ``enum``,
+    ``functools`` and ``collections``), a quarter of the helper's start.  The module
+    is a front for the C accelerator ``_json``, used here directly; a python without
+    it, or whose accelerator does not round-trip a sample as expected, gets ``json``.
+    Frames are trees of lists and dicts built here, never cyclic.
+    """
+    sample: list[Any] = [None, True, False, -7, 2**70, 0.5, "a\"\\\n\u00e9\U0001f600", {"k": [[], {}]}]
+    try:
+        import _json
+
+        encoder = _json.make_encoder(
+            None, _default, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+        )
+        scan = _json.make_scanner(_Strict())  # type: ignore[arg-type]  # duck-typed: it reads these attributes
+
+        def encode(value: Any) -> str:
+            return "".join(encoder(value, 0))
+
+        def decode(data: bytes) -> Any:
+            text = data.decode("utf-8").strip(" \t\n\r")
+            try:
+                value, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError("srsync agent: not JSON") from None
+            if end != len(text):
+                raise ValueError("srsync agent: data after the JSON value")
+            return value
+
+        text = encode(sample)
+        if decode(text.encode("ascii")) == sample and text.isascii() and " " not in text:
+            return encode, decode
+    except Exception:  # noqa: BLE001, S110  (any surprise: the json module below)
+        pass
+    import json
+
+    return (
+        json.JSONEncoder(separators=(",", ":"), check_circular=False).encode,
+        lambda data: json.loads(data.decode("utf-8")),
+    )
+
+
+class _Suppress:
+    """``contextlib.suppress`` without importing contextlib (and functools, collections)."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        self.kinds = kinds
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, self.kinds)
+
+
+_encode, _decode = json_codec()
 
 # client -> helper
 CALL, DATA, END, ABORT = 1, 2, 3, 4
@@ -199,7 +271,6 @@ def error_meta(exc: BaseException) -> list[Any]:
 # order].  A directory whose numbers do not fit (an mtime past 2262) goes as
 # [dir, [name, kind, size, mtime_ns, mode, ino or link target, ...]] instead.
 COLUMNS = (("Q", 8), ("q", 8), ("H", 2), ("Q", 8))
-SWAP = sys.byteorder != "little"
 
 
 def scan_columns(
@@ -214,13 +285,11 @@ def scan_columns(
 ) -> tuple[list[Any], bytes]:
     """The wire record and raw columns of one listed directory."""
     try:
-        parts = []
-        for index, values in enumerate((sizes, mtimes, modes, inos)):
-            column = array.array(COLUMNS[index][0], values)
-            if SWAP:
-                column.byteswap()
-            parts.append(column.tobytes())
-    except OverflowError:
+        # struct, not array: importing array imports collections (~2 ms of every start)
+        count = len(names)
+        columns = (sizes, mtimes, modes, inos)
+        parts = [struct.pack(f"<{count}{COLUMNS[i][0]}", *columns[i]) for i in range(4)]
+    except (OverflowError, struct.error):
         flat: list[Any] = []
         links = iter(targets)
         for index, name in enumerate(names):
@@ -368,7 +437,7 @@ class Agent:
                 start = HEADER.size + JSON_LEN.size
                 if start + jlen > end:
                     raise SystemExit("srsync agent: corrupt frame")
-                meta = json.loads(self.inbuf[start : start + jlen]) if jlen else None
+                meta = _decode(bytes(self.inbuf[start : start + jlen])) if jlen else None
                 with memoryview(self.inbuf) as view:
                     raw = bytes(view[start + jlen : end])  # one copy, not two
                 del self.inbuf[:end]
@@ -495,7 +564,7 @@ class Agent:
 
     def _drop_dirs(self) -> None:
         for fd in self.dir_fds:
-            with contextlib.suppress(OSError):
+            with _Suppress(OSError):
                 os.close(fd)
         self.dir_fds = []
         if self.dirs is not None:
@@ -1150,12 +1219,12 @@ class Agent:
     def _discard(self, up: Upload) -> None:
         for fd in (up.fd, up.basis_fd):
             if fd >= 0:
-                with contextlib.suppress(OSError):
+                with _Suppress(OSError):
                     os.close(fd)
         up.fd = up.basis_fd = -1
         if up.kind == "range":
             return  # the shared temporary file is removed by pw_abort
-        with contextlib.suppress(OSError):
+        with _Suppress(OSError):
             os.unlink(up.tmp)
 
     @staticmethod
@@ -1257,7 +1326,7 @@ class Agent:
                     self._guard_at(dfd, final, expected, rel)
             self._rename_in(dfd, tmp, final, rel)
         except BaseException:
-            with contextlib.suppress(OSError):
+            with _Suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
 
@@ -1391,14 +1460,14 @@ class Agent:
             self._finish_fd(fd, mode, mtime_ns)
             self._install(tmp, final, guard)
         except BaseException:
-            with contextlib.suppress(OSError):
+            with _Suppress(OSError):
                 os.unlink(tmp)
             raise
         self.send(DONE, rid, {"e": self._installed(final)})
 
     def op_pw_abort(self, rid: int, args: list[Any], raw: bytes) -> None:
         _, tmp = self._pw_temp(args[0], args[1])
-        with contextlib.suppress(FileNotFoundError):
+        with _Suppress(FileNotFoundError):
             os.unlink(tmp)
         self.send(DONE, rid)
 
@@ -1461,7 +1530,7 @@ class Agent:
                     self._guard_at(dfd, final, guard[0], rel)
                 self._rename_in(dfd, tmp, final, rel)
             except BaseException:
-                with contextlib.suppress(OSError):
+                with _Suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
                 raise
         finally:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+
+# Shipped to the remote helper, whose start-up should not import ``collections``:
+# type-only imports go under this flag, which mypy takes as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 RelPath = str
 
