@@ -1,5 +1,6 @@
-"""The entry point's head start: ``srsync manual``'s arguments read before typer loads,
-the connection begun, and the command then carrying on with that same connection."""
+"""``srsync manual`` read without typer: the same values typer would give the command,
+typer's turn for anything unusual, and the head start on the connection that the command
+then carries on with."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_parse_manual_reads_what_typer_reads() -> None:
     got = early.parse_manual(["-H", "h", "-M", "/a", "--target=/b", "-x", "*.o", "--exclude", "*.tmp",
                               "-P", "2222", "-c", "-n", "-v", "--remote", "target"])
     assert got == {"host": "h", "mirror": "/a", "target": "/b", "exclude": ["*.o", "*.tmp"],
-                   "port": "2222", "checksum": True, "remote": "target"}
+                   "port": "2222", "checksum": True, "dry_run": True, "verbose": 1, "remote": "target"}
 
 
 @pytest.mark.parametrize("args", [
@@ -64,18 +65,20 @@ def test_head_start_is_the_pool_the_command_keeps(sshd: SSHD, tmp_path: Path,
     (tmp_path / "m").mkdir()
     args = ["--conf-dir", str(conf), "-H", sshd.host, "--remote", "target",
             "-M", str(tmp_path / "m"), "-T", "/srv/t", "-N", "early"]
+    options = early.manual_options(["manual", *args])
+    assert options is not None and options["port"] is None and options["conf_dir"] == str(conf)
+    # what run_manual builds from those options
+    job = loader.manual_job(name="early", host=sshd.host, mirror=str(tmp_path / "m"), target="/srv/t",
+                            remote_side="target", globals_=loader.load_globals(conf, fast=True))
     try:
-        early.warm_up_from_argv(["manual", *args])
+        early.warm_up_jobs([job])
         (key,) = registry._warm
         assert key[0] == "early"
         pool = registry._warm[key]
         (spec,) = pool._connecting
         assert spec.host == sshd.host and spec.port == sshd.port
         assert pool._connecting[spec].result(timeout=20).transport_alive()
-        # the command builds the same job and warms it up again: the pool under way stays
-        job = loader.manual_job(name="early", host=sshd.host, mirror=str(tmp_path / "m"), target="/srv/t",
-                                remote_side="target",
-                                globals_=loader.load_globals(conf, fast=True))
+        # execute_jobs warms the same job up again: the pool under way stays
         early.warm_up_jobs([job])
         assert registry._warm[key] is pool
         assert not pool._closed
@@ -88,11 +91,42 @@ def test_head_start_is_the_pool_the_command_keeps(sshd: SSHD, tmp_path: Path,
     ["manual", "--help"],
     ["manual", "-H", "127.0.0.1", "-M", "/a"],  # no target
     ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "-P", "not-a-port"],
+    ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "-P", " 22"],  # typer converts this one
+    ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "-t", "inf"],
     ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "--remote", "sideways"],
+    ["manual", "-H", "127.0.0.1", "-M", "/a", "-T", "/b", "--sync-type", "one2one"],
+    ["manual", "-M", "", "-T", "/b"],
 ])
-def test_no_head_start_where_the_command_will_refuse(argv: list[str], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-    early.warm_up_from_argv(argv)  # never raises, never prints
-    assert not registry._warm
+def test_typer_reads_what_the_small_parser_does_not_take(argv: list[str]) -> None:
+    assert early.manual_options(argv) is None
+
+
+MANUAL_ARGVS = [
+    ["-M", "/a", "-T", "/b"],
+    ["-H", "h", "-M", "/a", "--target=/b", "-x", "*.o", "--exclude", "*.tmp", "-P", "2222", "-c", "-n",
+     "-v", "-v", "--remote", "target", "-N", "job", "-u", "me", "-k", "/k", "-t", "2.5",
+     "--max-delete", "30", "--sync-type", "One2One", "--conf-dir", "/c", "--force", "-q"],
+    ["--host=h", "--mirror", "h2:/a", "-T", "-x", "--remote=mirror", "--timeout", "-1", "--port=0"],
+    ["-M", "/a", "-T", "/b", "--quiet", "--quiet", "--verbose", "--max-delete", "-0"],
+]
+
+
+@pytest.mark.parametrize("args", MANUAL_ARGVS)
+def test_manual_gets_the_same_values_without_typer(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``manual_options`` hands ``run_manual`` is exactly what typer's ``manual``
+    command hands it for the same command line."""
+    from srsync.cli import main as cli_main
+
+    seen: list[dict[str, object]] = []
+
+    def capture(**kwargs: object) -> int:
+        seen.append(kwargs)
+        return 0
+
+    monkeypatch.setattr(cli_main, "run_manual", capture)
+    with pytest.raises(SystemExit) as done:
+        app_for(["manual", *args])(["manual", *args], prog_name="srsync")
+    assert done.value.code == 0
+    (through_typer,) = seen
+    assert early.manual_options(["manual", *args]) == through_typer
+

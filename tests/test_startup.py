@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,60 @@ def test_local_manual_run_needs_no_pydantic_paramiko_or_rich_help(tmp_path: Path
     assert (tmp_path / "b" / "f").read_text() == "x"
     assert heavy(mods) == []
     assert "rich.progress" not in mods  # no terminal: plain lines, no progress bars
+
+
+ENTRY = """
+    import atexit, json, sys
+    atexit.register(lambda: print("\\nMODULES " + json.dumps(sorted(sys.modules))))
+    sys.argv = ["srsync", *{args!r}]
+    from srsync.cli{module} import {entry}
+    {entry}()
+"""
+
+
+def _entry(tmp_path: Path, args: list[str], entry: str) -> tuple[int, str, str, set[str]]:
+    """Run ``srsync ARGS`` through ``srsync.cli.main()`` (the console script) or straight
+    through typer (``srsync.cli.main.run``): exit code, output, errors, modules loaded."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HOME=str(tmp_path), SRSYNC_STATE_DIR=str(tmp_path / ".state"))
+    env.pop("SRSYNC_CONF_DIR", None)
+    code = ENTRY.format(args=args, module="" if entry == "main" else ".main", entry=entry)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    out, _, mods = proc.stdout.rpartition("\nMODULES ")
+    return proc.returncode, out, proc.stderr, set(json.loads(mods)) if mods else set()
+
+
+def test_plain_manual_run_never_imports_typer(tmp_path: Path) -> None:
+    """The console script runs a plain ``srsync manual`` without typer (or click), and
+    prints and exits exactly as the same command line does through typer."""
+    import re
+
+    for name, args in (
+        ("ok", ["manual", "-M", "a", "-T", "b", "--conf-dir", "conf", "-N", "j1", "-x", "*.o", "-v"]),
+        ("dry", ["manual", "-M", "a", "-T", "c", "--conf-dir", "conf", "-N", "j2", "-n"]),
+        ("missing", ["manual", "-M", "nowhere", "-T", "b", "--conf-dir", "conf", "-N", "j3"]),
+        ("bad host", ["manual", "-H", "", "-M", "a", "-T", "b", "--remote", "target", "--conf-dir", "conf"]),
+    ):
+        seen = []
+        base = tmp_path / name.replace(" ", "-")
+        for entry in ("main", "run"):
+            shutil.rmtree(base, ignore_errors=True)  # the same fresh tree and paths for both
+            (base / "a" / "d").mkdir(parents=True)
+            (base / "a" / "d" / "f").write_text("x")
+            (base / "conf").mkdir()
+            code, out, err, mods = _entry(base, args, entry)
+            assert mods, (name, entry, err[-800:])
+            assert "Traceback" not in err, (name, entry, err[-800:])
+            uses_typer = any(m == "typer" or m.startswith(("typer.", "click")) for m in mods)
+            assert uses_typer == (entry == "run"), (name, entry)
+            text = [re.sub(r"\d+\.\d+ ?s\b", "T", x) for x in (out, err)]
+            seen.append((code, *(" ".join(t.split()) for t in text)))
+            if name == "ok":
+                assert (base / "b" / "d" / "f").read_text() == "x"
+            if name == "dry":
+                assert not (base / "c").exists()
+        assert seen[0] == seen[1], name
 
 
 def test_option_help_needs_no_pydantic(tmp_path: Path) -> None:

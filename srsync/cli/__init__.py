@@ -6,17 +6,19 @@ import sys
 
 
 def main() -> None:
-    """Console-script entry point: a head start on the connection, then the command line.
+    """Console-script entry point.
 
-    (srsync.cli.early reads ``manual``'s arguments and starts connecting before typer
-    and the engine load; srsync.cli.main then runs the command as usual.)
+    A plain ``srsync manual ...`` runs without loading typer (srsync.cli.early reads its
+    options, srsync.cli.execute runs it); every other command line goes to typer
+    (srsync.cli.main).
     """
-    from srsync.cli.early import warm_up_from_argv
+    from srsync.cli.early import manual_options
 
-    try:
-        warm_up_from_argv(sys.argv[1:])
-    except KeyboardInterrupt:
-        sys.exit(130)  # nothing was started that needs undoing
+    options = manual_options(sys.argv[1:])
+    if options is not None:
+        from srsync.cli.execute import finish, run_manual
+
+        finish(lambda: run_manual(**options))
     from srsync.cli.main import run
 
     run()

@@ -15,15 +15,16 @@ This relies on typer's ``_TyperParameter`` keeping its converter in ``_runtime_p
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, get_args, get_origin
 
 from typer.core import TyperCommand, TyperGroup
 
-_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")
-_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?\Z")
+from srsync.cli.early import PLAIN_FLOAT, PLAIN_INT
+
+_INT = PLAIN_INT
+_FLOAT = PLAIN_FLOAT
 
 
 class _Unsure(Exception):

@@ -1,26 +1,34 @@
-"""Start connecting before the command line framework is even loaded.
+"""``srsync manual`` without typer, and connecting before anything else loads.
 
 A remote run's largest fixed cost is on the server: the SSH handshake, then a shell
-and an interpreter for the helper.  ``srsync manual`` names everything the
-connection needs in its arguments, so the entry point reads them here, with a small
-parser that knows the command's options, and begins the handshake (see
-``srsync.endpoints.registry.warm_up``); typer and the engine load meanwhile.
+and an interpreter for the helper; on the client it is imports.  ``srsync manual``
+names everything the connection needs in its arguments, so the entry point reads them
+here, with a small parser that knows the command's options (``manual_options``).
+When every value is one typer would take unchanged, the command runs from that
+(``srsync.cli.execute.run_manual``, the same function typer's command calls) and typer
+is never imported; ``warm_up_jobs`` begins the handshake (see
+``srsync.endpoints.registry.warm_up``) before the engine loads.
 
-This is only a head start: typer still parses the same arguments and reports every
-error.  Whatever this parser does not fully understand (an unknown option, --help,
---save, a bad value) starts nothing, and a job built here that differs from the one
-the command builds is never used for it (pools are taken by job and target, and
-connections by their full spec).
+Whatever this parser does not fully understand (an unknown option, --help, --save, a
+value typer would convert or refuse, an option given twice) is left to typer, which
+parses, helps and fails as usual.  tests/test_early_connect.py checks that both
+readings give the command the same values.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from srsync.jobspec import JobSpec
+
+# Numbers typer's own conversion takes exactly as Python reads them (srsync.cli.coerce
+# uses the same patterns; tests/test_startup.py compares it with typer)
+PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")
+PLAIN_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?\Z")
 
 # manual's options: name -> (keyword, takes a value); aliases share a keyword
 _MANUAL: dict[str, tuple[str, bool]] = {}
@@ -39,18 +47,18 @@ for _names, _key, _value in (
     (("--max-delete",), "max_delete", True),
     (("--conf-dir",), "conf_dir", True),
     (("-c", "--checksum"), "checksum", False),
-    (("-n", "--dry-run"), "", False),
-    (("--force",), "", False),
-    (("-v", "--verbose"), "", False),
-    (("-q", "--quiet"), "", False),
+    (("-n", "--dry-run"), "dry_run", False),
+    (("--force",), "force", False),
+    (("-v", "--verbose"), "verbose", False),  # counted
+    (("-q", "--quiet"), "quiet", False),
 ):
     for _name in _names:
         _MANUAL[_name] = (_key, _value)
 
 
-def parse_manual(args: Sequence[str]) -> dict[str, object] | None:
+def parse_manual(args: Sequence[str]) -> dict[str, Any] | None:
     """The options of ``manual ARGS`` as keywords, or None when anything is unusual."""
-    found: dict[str, object] = {"exclude": []}
+    found: dict[str, Any] = {"exclude": []}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -77,45 +85,49 @@ def parse_manual(args: Sequence[str]) -> dict[str, object] | None:
                 found[key] = value
         elif value is not None:
             return None
-        elif key:
+        elif key == "verbose":
+            found[key] = found.get(key, 0) + 1
+        else:
             found[key] = True
         i += 1
     return found
 
 
-def warm_up_from_argv(argv: Sequence[str]) -> None:
-    """Begin connecting for ``srsync manual ...`` run as ``argv``; never fails, never prints."""
+_REMOTE_SIDES = ("mirror", "target")
+_SYNC_TYPES = ("Zero2One", "One2One")
+
+
+def manual_options(argv: Sequence[str]) -> dict[str, Any] | None:
+    """The keywords ``run_manual`` gets for ``srsync ARGV``, when typer would give it exactly
+    these (``manual``, both -M and -T, every value plain); otherwise None: typer's turn."""
     if len(argv) < 2 or argv[0] != "manual":
-        return
+        return None
     opts = parse_manual(argv[1:])
     if opts is None or not opts.get("mirror") or not opts.get("target"):
-        return
-    with contextlib.suppress(Exception):
-        from srsync import errors
-        from srsync.config import loader
-
-        port, timeout, max_delete = opts.get("port"), opts.get("timeout"), opts.get("max_delete")
-        try:
-            job = loader.manual_job(
-                name=str(opts.get("name", "manual")),
-                host=_str(opts.get("host")),
-                mirror=str(opts["mirror"]),
-                target=str(opts["target"]),
-                user=_str(opts.get("user")),
-                port=int(str(port)) if port is not None else None,
-                key=_str(opts.get("key")),
-                timeout=float(str(timeout)) if timeout is not None else None,
-                remote_side=str(opts.get("remote", "mirror")),
-                sync_type=str(opts.get("sync_type", "Zero2One")),
-                checksum=True if opts.get("checksum") else None,
-                excludes=[str(x) for x in opts["exclude"]],  # type: ignore[attr-defined]
-                max_delete=float(str(max_delete)) if max_delete is not None else None,
-                globals_=loader.load_globals(loader.resolve_conf_dir(_str(opts.get("conf_dir"))), fast=True),
-            )
-        except (errors.SrsyncError, ValueError):
-            return  # the command reports it
-        if job.enabled:
-            warm_up_jobs([job])
+        return None
+    port, timeout, max_delete = opts.get("port"), opts.get("timeout"), opts.get("max_delete")
+    remote, sync_type = opts.get("remote", "mirror"), opts.get("sync_type", "Zero2One")
+    if remote not in _REMOTE_SIDES or sync_type not in _SYNC_TYPES:
+        return None
+    numbers: dict[str, int | float | None] = {"port": None, "timeout": None, "max_delete": None}
+    if port is not None:
+        if not PLAIN_INT.match(str(port)):
+            return None
+        numbers["port"] = int(str(port))
+    for key, value in (("timeout", timeout), ("max_delete", max_delete)):
+        if value is not None:
+            if not PLAIN_FLOAT.match(str(value)) or not math.isfinite(float(str(value))):
+                return None
+            numbers[key] = float(str(value))
+    return {
+        "host": opts.get("host"), "mirror": opts["mirror"], "target": opts["target"],
+        "name": opts.get("name", "manual"), "user": opts.get("user"), **numbers,
+        "key": opts.get("key"), "remote": remote, "sync_type": sync_type,
+        "checksum": bool(opts.get("checksum")), "exclude": list(opts["exclude"]),
+        "save": None, "conf_dir": opts.get("conf_dir"), "dry_run": bool(opts.get("dry_run")),
+        "force": bool(opts.get("force")), "verbose": int(opts.get("verbose", 0)),
+        "quiet": bool(opts.get("quiet")),
+    }
 
 
 def warm_up_jobs(jobs: Sequence[JobSpec]) -> None:
@@ -140,7 +152,3 @@ def warm_up_jobs(jobs: Sequence[JobSpec]) -> None:
 
     for job, target_name, specs in todo:
         warm_up(job.name, target_name, state_dir_for(job), specs)
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -9,10 +9,8 @@ srsync.cli.twoway.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -21,12 +19,10 @@ import typer
 
 from srsync import errors
 from srsync.cli.coerce import SrsyncCommand, SrsyncGroup
-from srsync.cli.early import warm_up_jobs
+from srsync.cli.execute import execute_jobs, finish, install_stop_handlers, report, run_manual
 
 if TYPE_CHECKING:
     from srsync.engine.daemon import JobSource
-    from srsync.engine.reporter import Reporter
-    from srsync.jobspec import JobSpec
 
 
 class _App(typer.Typer):
@@ -62,80 +58,7 @@ class SyncType(StrEnum):
 
 
 def fail(exc: errors.SrsyncError) -> NoReturn:
-    from srsync.ui.console import print_error
-
-    print_error(str(exc))
-    raise typer.Exit(exc.exit_code)
-
-
-def _install_stop_handlers(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish the current file, then stop.  Second SIGINT: abort."""
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-
-
-def execute_jobs(
-    jobs: list[JobSpec], *, dry_run: bool, force: bool, verbose: int, quiet: bool,
-    log_file: Path | None = None, json_logs: bool = False,
-) -> None:
-    """Run jobs once, print the summary, exit with the combined code."""
-    jobs = [j for j in jobs if j.enabled]
-    warm_up_jobs(jobs)
-    _quiet_gc()
-    from srsync.engine.runner import combine_exit, run_jobs
-    from srsync.engine.session import SyncOptions
-    from srsync.ui.console import ConsoleReporter, make_console, prepare_summary, print_summary
-
-    console = make_console()
-    if not jobs:
-        console.print("no enabled jobs to run")
-        raise typer.Exit(errors.EXIT_OK)
-    if not quiet:
-        prepare_summary(dry_run)
-    stop = threading.Event()
-    _install_stop_handlers(stop)
-    started = time.time()
-    with ConsoleReporter(console, verbose=verbose, quiet=quiet) as reporter:
-        run_reporter: Reporter = reporter
-        if log_file is not None:
-            from srsync.cli.ops import configure_logging
-            from srsync.engine.daemon import LogReporter
-            from srsync.engine.status import FanoutReporter
-
-            configure_logging(verbose=verbose, quiet=quiet, log_file=log_file,
-                              json_logs=json_logs, to_stderr=False)
-            run_reporter = FanoutReporter(reporter, LogReporter())
-        try:
-            results = run_jobs(jobs, run_reporter, SyncOptions(dry_run=dry_run, force=force), stop)
-        finally:
-            from srsync.endpoints.registry import drop_warm
-
-            drop_warm()
-    if not quiet or any(r.exit_code for r in results):
-        print_summary(console, results, dry_run, started)
-    raise typer.Exit(combine_exit([r.exit_code for r in results]))
-
-
-def _quiet_gc() -> None:
-    """Fewer passes of the cyclic garbage collector in a one-shot run.
-
-    A run builds one small object per path of both trees (100k-path trees, more than
-    once), and none of them forms a cycle; at the default threshold the collector
-    starts every 700 allocations and keeps re-walking that growing heap (~10 % of a
-    scan).  What is loaded so far stays to the end (frozen: never walked again), and
-    the collector still runs, 100 times less often.
-    """
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(70_000, 10, 10)
+    raise typer.Exit(report(exc))
 
 
 def run_daemon(
@@ -149,7 +72,7 @@ def run_daemon(
     configure_logging(verbose=verbose, quiet=quiet, log_file=log_file, json_logs=json_logs,
                       to_stderr=True)
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     options = DaemonOptions(dry_run=dry_run, force=force, retry_base=min(2.0, retry_max),
                             retry_max=retry_max, rescan=rescan)
     raise typer.Exit(Daemon(source, LogReporter(), options, stop).run())
@@ -200,26 +123,12 @@ def manual(
     quiet: Quiet = False,
 ) -> None:
     """Run one inline job.  -H names the SSH host; --remote says which side lives on it."""
-    from srsync.config import loader
-
-    if not mirror or not target:
-        fail(errors.UsageError("manual needs both -M MIRROR and -T TARGET"))
-    try:
-        globals_ = loader.load_globals(loader.resolve_conf_dir(conf_dir), fast=True)
-        job = loader.manual_job(
-            name=name, host=host, mirror=mirror, target=target, user=user, port=port, key=key,
-            timeout=timeout, remote_side=remote.value, sync_type=sync_type.value,
-            checksum=checksum or None, excludes=list(exclude or []), max_delete=max_delete,
-            globals_=globals_,
-        )
-    except errors.SrsyncError as exc:
-        fail(exc)
-    if save is not None:
-        if save.exists():
-            fail(errors.UsageError(f"{save} already exists; choose another file for --save"))
-        save.write_text(loader.job_to_toml(job), encoding="utf-8")
-        typer.echo(f"saved job config to {save}")
-    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet)
+    raise typer.Exit(run_manual(
+        host=host, mirror=mirror, target=target, name=name, user=user, port=port, key=key,
+        timeout=timeout, remote=remote.value, sync_type=sync_type.value, checksum=checksum,
+        exclude=list(exclude or []), max_delete=max_delete, save=save, conf_dir=conf_dir,
+        dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+    ))
 
 
 @app.command()
@@ -247,8 +156,8 @@ def loadconfig(
 
         run_daemon(file_source(path), dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
                    log_file=log_file, json_logs=json_logs, retry_max=retry_max, rescan=rescan)
-    execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
-                 log_file=log_file, json_logs=json_logs)
+    raise typer.Exit(execute_jobs([job], dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+                                  log_file=log_file, json_logs=json_logs))
 
 
 @app.command()
@@ -283,8 +192,8 @@ def autorun(
         run_daemon(conf_dir_source(folder, names), dry_run=dry_run, force=force, verbose=verbose,
                    quiet=quiet, log_file=log_file, json_logs=json_logs, retry_max=retry_max,
                    rescan=rescan)
-    execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
-                 log_file=log_file, json_logs=json_logs)
+    raise typer.Exit(execute_jobs(jobs, dry_run=dry_run, force=force, verbose=verbose, quiet=quiet,
+                                  log_file=log_file, json_logs=json_logs))
 
 
 def _register_command_modules() -> None:
@@ -337,45 +246,4 @@ def app_for(args: list[str]) -> typer.Typer:
 
 def run() -> None:
     """Console-script entry point: user errors become one line and an exit code."""
-    try:
-        app_for(sys.argv[1:])()
-    except errors.SrsyncError as exc:
-        from srsync.ui.console import print_error
-
-        print_error(str(exc))
-        _exit(exc.exit_code)
-    except KeyboardInterrupt:
-        from srsync.ui.console import print_error
-
-        print_error("interrupted; files already written are complete, the rest will follow next run")
-        sys.exit(130)
-    except SystemExit as done:
-        _exit(done.code)
-    _exit(0)
-
-
-def _exit(code: int | str | None) -> NoReturn:
-    """End the process with ``code`` without tearing the interpreter down.
-
-    Python's own shutdown clears every module and frees every object one by one: ~0.1 s
-    for srsync's imports alone, more after a big tree, and nothing in it matters once
-    the run is over (files, databases and connections are closed by then).  Output is
-    flushed and atexit handlers (logging's flush among them) still run.  While another
-    non-daemon thread is alive, or when the code is a message or the output cannot be
-    flushed, the normal exit runs instead.
-    """
-    if not isinstance(code, int) and code is not None:
-        sys.exit(code)
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if any(t.is_alive() for t in others):
-        sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        sys.exit(code)
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    os._exit(code or 0)
+    finish(lambda: app_for(sys.argv[1:])())
