@@ -990,8 +990,8 @@ class Agent:
         list only its subdirectories.  False (nothing done) when anything differs or
         needs the full listing's care (other names, temp files, special files, errors)."""
         names = [item.name for item in items]
-        if not all(isinstance(name, str) for name in names):
-            return False
+        if names and not isinstance(names[0], str):
+            return False  # one listing's names are all str or all bytes (its path's type)
         joined = "\0".join(names)
         # (scandir never yields "", "." or ".."; a temp name anywhere takes the full listing)
         if not joined.isascii() or TEMP_PREFIX in joined:
