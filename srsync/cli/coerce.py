@@ -23,9 +23,6 @@ from typer.core import TyperCommand, TyperGroup
 
 from srsync.cli.early import PLAIN_FLOAT, PLAIN_INT
 
-_INT = PLAIN_INT
-_FLOAT = PLAIN_FLOAT
-
 
 class _Unsure(Exception):
     """Leave this value to typer."""
@@ -54,7 +51,7 @@ def _bounded(value: Any, low: float | None, high: float | None) -> Any:
 
 def _int(low: float | None, high: float | None) -> Convert:
     def convert(value: Any, _ctx: Any) -> Any:
-        if type(value) is str and _INT.match(value):
+        if type(value) is str and PLAIN_INT.match(value):
             value = int(value)
         if type(value) is not int:
             raise _Unsure
@@ -65,7 +62,7 @@ def _int(low: float | None, high: float | None) -> Convert:
 
 def _float(low: float | None, high: float | None) -> Convert:
     def convert(value: Any, _ctx: Any) -> Any:
-        if type(value) is str and _FLOAT.match(value):
+        if type(value) is str and PLAIN_FLOAT.match(value):
             value = float(value)
         if type(value) is not float or not math.isfinite(value):
             raise _Unsure
