@@ -10,6 +10,8 @@ import os
 import platform
 import shlex
 import shutil
+import site
+import statistics
 import subprocess
 import sys
 import time
@@ -76,6 +78,7 @@ class Bench:
         self.rtt = 0.0
         self.conf_dir = self.run_dir / "conf"
         self.code_path = REPO
+        self.python = sys.executable  # what runs srsync (see prepare_interpreter)
 
     # ---- setup -----------------------------------------------------------
     def snapshot_srsync(self) -> str:
@@ -98,6 +101,39 @@ class Bench:
         for path in sorted(dst.rglob("*.py")):
             digest.update(str(path.relative_to(dst)).encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()[:16]
+
+    def prepare_interpreter(self) -> dict[str, Any]:
+        """Choose the interpreter srsync runs under; returns what the JSON records of it.
+
+        By default a bare venv of this interpreter (``--without-pip``: no download)
+        whose site-packages holds one ``.pth`` naming this interpreter's
+        site-packages directories: the same Python and the same packages, imported
+        from the same files, as with a pipx or venv install.  Plain directory lines
+        in a ``.pth`` are only added to ``sys.path``; the ``.pth`` files inside them
+        are not run, so start-up hooks that this machine's system site-packages
+        carry for other programs (here a sandbox hook that imports certifi in every
+        Python process) are not charged to srsync.  ``--system-python`` runs
+        srsync under this interpreter as it is, hooks included.
+        """
+        if self.args.system_python:
+            self.python = sys.executable
+        else:
+            venv = self.run_dir / "venv"
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            python = venv / "bin" / "python3"
+            purelib = subprocess.run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip()
+            dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(d)]
+            (Path(purelib) / "srsync-bench-deps.pth").write_text("".join(d + "\n" for d in dirs))
+            self.python = str(python)
+        return {
+            "python": self.python,
+            "mode": "system" if self.args.system_python else "venv",
+            "start_ms": {"this_interpreter": _start_ms(sys.executable), "srsync_runs_under": _start_ms(self.python)},
+        }
 
     def start_server(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +185,7 @@ class Bench:
     def srsync_argv(self, direction: str, src: Path, dst: Path, name: str, two_way: bool = False) -> list[str]:
         assert self.sshd is not None
         argv = [
-            sys.executable, "-m", "srsync", "manual", "--conf-dir", str(self.conf_dir), "-N", name,
+            self.python, "-m", "srsync", "manual", "--conf-dir", str(self.conf_dir), "-N", name,
             "-H", self.sshd.host, "--remote", "target" if direction in ("push", "two-way") else "mirror",
             "-M", str(src), "-T", str(dst),
         ]
@@ -382,6 +418,16 @@ def print_table(runs: list[Run], specs: dict[str, CaseSpec], sizes: dict[str, in
     return text
 
 
+def _start_ms(python: str, runs: int = 15) -> float:
+    """Median milliseconds for ``python -c pass``: the interpreter's own start, hooks included."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
 def _versions(checkout: Path) -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
     for name, argv in (
@@ -429,6 +475,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before one client run is killed")
     p.add_argument("--srsync-from", default=str(REPO),
                    help="checkout whose srsync/ package is benchmarked (copied at start; default: this repo)")
+    p.add_argument("--system-python", action="store_true",
+                   help="run srsync under this interpreter as it is, with every start-up hook of its "
+                   "site-packages (default: a bare venv reaching the same packages, as a pipx install)")
     p.add_argument("--keep", action="store_true", help="keep this run's sshd dir and client log")
     p.add_argument("--clean", action="store_true", help="delete the cached data sets at the end")
     args = p.parse_args(argv)
@@ -474,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     table = ""
     code_digest = ""
+    interpreter: dict[str, Any] = {}
     try:
         for name in args.case_list:
             spec = bench.specs[name]
@@ -487,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.run_dir.mkdir(parents=True, exist_ok=True)
         code_digest = bench.snapshot_srsync()
         say(f"srsync from {args.srsync_from} (snapshot {code_digest} of its srsync/ sources)")
+        interpreter = bench.prepare_interpreter()
+        starts = interpreter["start_ms"]
+        say(f"srsync runs under {interpreter['python']} ({interpreter['mode']}); 'python -c pass' takes "
+            f"{starts['srsync_runs_under']:.1f} ms there, {starts['this_interpreter']:.1f} ms under {sys.executable}")
         bench.start_server()
         for rtt in passes:
             bench.begin_pass(rtt)
@@ -515,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         "byte_counting": "direct (none)" if args.direct else "delay proxy on 127.0.0.1 (TCP payload bytes, both ways)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": {**_versions(Path(args.srsync_from)), "srsync_sources_sha256_16": code_digest},
+        "interpreter": interpreter,
         "case_bytes": sizes,
         "runs": [asdict(r) for r in bench.runs],
         "table_markdown": table,
