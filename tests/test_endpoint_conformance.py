@@ -129,6 +129,29 @@ def test_quiet_scan_leaves_out_what_summarises_as_expected(endpoint: Endpoint) -
     assert third.entries["d/link"].target == "elsewhere"
 
 
+def test_directory_rules_leave_files_of_that_name_alone(endpoint: Endpoint) -> None:
+    """With only directory rules (as the trash folder's), files are never matched:
+    a full and a quiet scan both prune the directory and keep the file."""
+    endpoint.mkdir("a", 0o755)
+    endpoint.mkdir("a/cache", 0o755)
+    _write(endpoint, "a/cache/big", b"x" * 10)
+    _write(endpoint, "a/keep", b"k")
+    endpoint.mkdir("b", 0o755)
+    _write(endpoint, "b/cache", b"a file, not a directory")
+    endpoint.symlink("b/cache.link", "cache")
+    rules = IgnoreRules.from_patterns(["cache/", "*.link/"])
+    full = endpoint.scan(rules)
+    assert set(full.entries) == {"a", "a/keep", "b", "b/cache", "b/cache.link"}
+    expect = snapshot_summaries(full.entries)
+    again = endpoint.scan(rules, expect)
+    if not again.quiet:
+        assert isinstance(endpoint, SFTPEndpoint)
+        return
+    assert again.quiet == {"": 0, "a": 1, "b": 2}
+    assert set(again.entries) == {"a", "b"}
+    assert again.problems == []
+
+
 def test_write_is_atomic_when_source_fails(endpoint: Endpoint) -> None:
     _write(endpoint, "f", b"old content")
 

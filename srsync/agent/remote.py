@@ -896,6 +896,7 @@ class Agent:
         seen: set[str] = set()
         renamed = batch["n"]
         has_rules = bool(rules.rules)
+        check_files = any(not rule.dir_only for rule in rules.rules)  # (see _quiet_listing)
         for name, valid, item in named:
             if not valid:
                 problems.append([prefix + name, "name is not valid UTF-8; skipped"])
@@ -925,7 +926,7 @@ class Agent:
                 continue
             mode = st.st_mode
             fmt = mode & S_IFMT
-            if has_rules and rules.is_excluded(prefix + norm, fmt == S_IFDIR):
+            if has_rules and (check_files or fmt == S_IFDIR) and rules.is_excluded(prefix + norm, fmt == S_IFDIR):
                 continue  # pruned: nothing below it is looked at
             if fmt == S_IFREG:
                 add((norm, "f", st.st_size, st.st_mtime_ns, mode & 0o7777, st.st_ino))
@@ -1001,6 +1002,8 @@ class Agent:
         subdirs: list[tuple[str, Any]] = []
         ignore_file = False
         has_rules = bool(rules.rules)
+        # only directory rules (the trash folder's, usually): no file or link can match one
+        check_files = any(not rule.dir_only for rule in rules.rules)
         for item, name in zip(items, names):  # noqa: B905  (python 3.8: no strict=)
             try:
                 st = item.stat(follow_symlinks=False)
@@ -1008,7 +1011,7 @@ class Agent:
                 return False
             mode = st.st_mode
             fmt = mode & S_IFMT
-            if has_rules and rules.is_excluded(prefix + name, fmt == S_IFDIR):
+            if has_rules and (check_files or fmt == S_IFDIR) and rules.is_excluded(prefix + name, fmt == S_IFDIR):
                 continue
             if fmt == S_IFREG:
                 add(f"{name}\0f\0{st.st_size}\0{st.st_mtime_ns}\0{mode & 0o7777}\0")  # file_record, inlined
