@@ -57,3 +57,13 @@ def test_filter_excludes_children_of_excluded_dirs() -> None:
     rules = IgnoreRules.from_patterns(["node_modules/", "!node_modules/keep"])
     paths = {"node_modules": True, "node_modules/keep": False, "src": True, "src/a": False}
     assert filter_snapshot_paths(paths, rules) == {"node_modules", "node_modules/keep"}
+
+
+def test_rules_say_whether_they_can_exclude_files() -> None:
+    """Scans skip the per-file question when only directory rules are given."""
+    assert not IgnoreRules().may_exclude_files()
+    assert not IgnoreRules.from_patterns(["cache/", ".srsync-trash/"]).may_exclude_files()
+    assert IgnoreRules.from_patterns(["cache/", "*.o"]).may_exclude_files()
+    assert IgnoreRules.from_patterns(["cache/", "!keep"]).may_exclude_files()
+    only_dirs = IgnoreRules.from_patterns(["cache/"])
+    assert not only_dirs.is_excluded("cache", False) and only_dirs.is_excluded("cache", True)

@@ -896,7 +896,7 @@ class Agent:
         seen: set[str] = set()
         renamed = batch["n"]
         has_rules = bool(rules.rules)
-        check_files = any(not rule.dir_only for rule in rules.rules)  # (see _quiet_listing)
+        check_files = rules.may_exclude_files()
         for name, valid, item in named:
             if not valid:
                 problems.append([prefix + name, "name is not valid UTF-8; skipped"])
@@ -1002,8 +1002,7 @@ class Agent:
         subdirs: list[tuple[str, Any]] = []
         ignore_file = False
         has_rules = bool(rules.rules)
-        # only directory rules (the trash folder's, usually): no file or link can match one
-        check_files = any(not rule.dir_only for rule in rules.rules)
+        check_files = rules.may_exclude_files()
         for item, name in zip(items, names):  # noqa: B905  (python 3.8: no strict=)
             try:
                 st = item.stat(follow_symlinks=False)

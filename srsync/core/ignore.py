@@ -162,6 +162,11 @@ class IgnoreRules:
     def patterns(self) -> list[tuple[RelPath, str]]:
         return [(r.base, r.pattern) for r in self.rules]
 
+    def may_exclude_files(self) -> bool:
+        """Whether any rule can match a file or link (a rule set of directory rules
+        only, like the trash folder's, never does: scans then skip asking per file)."""
+        return any(not rule.dir_only for rule in self.rules)
+
     def is_excluded(self, path: RelPath, is_dir: bool) -> bool:
         """Whether ``path`` itself is excluded (its parents are not consulted)."""
         if path == ROOT:

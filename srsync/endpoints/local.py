@@ -282,8 +282,7 @@ class LocalEndpoint(Endpoint):
         if not rel_dir:
             self._top_names = names[:8]  # for the case probe, even when the root is quiet
         entries = result.entries
-        # (an all-dir_only rule set never excludes a file or link: skip asking)
-        check_files = any(not r.dir_only for r in rules.rules)
+        check_files = rules.may_exclude_files()
         check_dirs = bool(rules.rules)
         is_excluded = rules.is_excluded
         has_ignore = IGNORE_FILE in names
@@ -349,7 +348,7 @@ class LocalEndpoint(Endpoint):
         """
         records: list[str] = []
         subdirs: list[tuple[os.DirEntry[str], str, RelPath]] = []
-        check_files = any(not r.dir_only for r in rules.rules)
+        check_files = rules.may_exclude_files()
         check_dirs = bool(rules.rules)
         is_excluded = rules.is_excluded
         ignore_file = False
