@@ -14,6 +14,7 @@ from helpers import check_delete_guard, local_job, make_tree, numbered_tree, run
 from srsync.core.entry import ScanResult, dir_entry, file_entry, link_entry
 from srsync.core.ignore import IgnoreRules
 from srsync.core.quiet import snapshot_summaries
+from srsync.core.summary import TAG as SUMMARY_TAG
 from srsync.endpoints.local import LocalEndpoint
 from srsync.engine.state import StateDB
 from srsync.jobspec import ONE2ONE
@@ -118,6 +119,42 @@ def test_an_ancestor_without_summaries_is_read_then_rewritten(tmp_path: Path) ->
         assert set(new) == set(snap)
     finally:
         state.close()
+
+
+def test_summaries_of_an_older_format_are_dropped_then_rewritten(
+    tmp_path: Path, scans: dict[str, ScanResult]
+) -> None:
+    """Summaries stored by an older srsync (untagged) are never compared: the run
+    after an upgrade lists everything, stores current ones, and the next is quiet."""
+    for sync_type, table in ((ONE2ONE, "ancestor_dirs"), ("Zero2One", "mirror_dirs")):
+        m, t = tmp_path / sync_type / "m", tmp_path / sync_type / "t"
+        make_tree(m, numbered_tree(3, 3))
+        job = local_job(m, t, sync_type=sync_type)
+        assert run(job).exit_code == 0
+        listed = len(scans["m"].entries)  # (the first run has no summaries: everything)
+        assert run(job).pairs[0].outcome == "unchanged" and len(scans["m"].quiet) == 4
+        db = sqlite3.connect(tmp_path / "state" / "state.db")
+        with db:  # as the first summary format wrote them: 32 hex digits, no tag
+            assert db.execute(f"UPDATE {table} SET summary = substr(summary, 3)").rowcount == 4
+        db.close()
+        state = StateDB(tmp_path / "state")
+        ((pair,),) = state._db.execute(f"SELECT DISTINCT pair FROM {table}").fetchall()
+        if table == "ancestor_dirs":
+            assert state.ancestor_summaries(pair) is None
+        else:
+            assert state.mirror_summaries(pair) == {}
+        state.close()
+
+        assert run(job).pairs[0].outcome == "unchanged"
+        assert scans["m"].quiet == {} and len(scans["m"].entries) == listed
+        state = StateDB(tmp_path / "state")
+        stored = state.ancestor_summaries(pair) if table == "ancestor_dirs" else state.mirror_summaries(pair)
+        state.close()
+        assert stored is not None and len(stored) == 4 and all(v.startswith(SUMMARY_TAG) for v in stored.values())
+        assert run(job).pairs[0].outcome == "unchanged" and len(scans["m"].quiet) == 4
+        (tmp_path / "state" / "state.db").unlink()
+        for extra in ("-wal", "-shm"):
+            (tmp_path / "state" / ("state.db" + extra)).unlink(missing_ok=True)
 
 
 def test_save_keeps_the_rows_of_kept_directories(tmp_path: Path) -> None:

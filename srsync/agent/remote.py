@@ -63,7 +63,7 @@ from srsync.agent.delta import (
 )
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
 from srsync.core.paths import check_name, is_temp_name, nfc
-from srsync.core.summary import file_record, link_record, summarize
+from srsync.core.summary import summarize
 
 # The helper's start-up should not import ``typing`` (~5 ms) or ``collections``:
 # type-only imports go under this flag, which mypy takes as true.
@@ -953,18 +953,16 @@ class Agent:
             else:
                 problems.append([prefix + norm, "special file (device, fifo or socket); skipped"])
         if want is not None and len(problems) == problems_before:
-            records = []
-            links = iter(targets)
-            for name, kind, size, mtime_ns, mode, _ in rows:
-                if kind == "f":
-                    records.append(file_record(name, size, mtime_ns, mode))
-                elif kind == "l":
-                    records.append(link_record(name, next(links)))
-            if summarize(records) == want:
+            files = [row for row in rows if row[1] == "f"]
+            links = [row[0] for row in rows if row[1] == "l"]
+            if summarize(
+                [row[0] for row in files], [row[2] for row in files], [row[3] for row in files],
+                [row[4] for row in files], list(zip(links, targets)),  # noqa: B905  (python 3.8)
+            ) == want:
                 # quiet: only the subdirectories go
                 rows = [row for row in rows if row[1] == "d"]
                 targets = []
-                batch["q"].append([rel_dir, len(records)])
+                batch["q"].append([rel_dir, len(files) + len(links)])
                 self.quiet_disk[rel_dir] = disk_dir
         if rows:
             # rows to columns (strict= needs python 3.10; the rows all have six fields)
@@ -997,8 +995,12 @@ class Agent:
         # (scandir never yields "", "." or ".."; a temp name anywhere takes the full listing)
         if not joined.isascii() or TEMP_PREFIX in joined:
             return False
-        records: list[str] = []
-        add = records.append
+        # the files' columns and the links, for the summary
+        fnames: list[str] = []
+        sizes: list[int] = []
+        mtimes: list[int] = []
+        modes: list[int] = []
+        links: list[tuple[str, str]] = []
         subdirs: list[tuple[str, Any]] = []
         ignore_file = False
         has_rules = bool(rules.rules)
@@ -1013,7 +1015,10 @@ class Agent:
             if has_rules and (check_files or fmt == S_IFDIR) and rules.is_excluded(prefix + name, fmt == S_IFDIR):
                 continue
             if fmt == S_IFREG:
-                add(f"{name}\0f\0{st.st_size}\0{st.st_mtime_ns}\0{mode & 0o7777}\0")  # file_record, inlined
+                fnames.append(name)
+                sizes.append(st.st_size)
+                mtimes.append(st.st_mtime_ns)
+                modes.append(mode & 0o7777)
                 if name == IGNORE_FILE:
                     ignore_file = True
             elif fmt == S_IFDIR:
@@ -1023,10 +1028,10 @@ class Agent:
                     target = os.fsencode(os.readlink(item.path, dir_fd=dfd)).decode("utf-8")
                 except (OSError, UnicodeDecodeError):
                     return False
-                add(link_record(name, target))
+                links.append((name, target))
             else:
                 return False
-        if summarize(records) != want:
+        if summarize(fnames, sizes, mtimes, modes, links) != want:
             return False
         if ignore_file:
             self._read_ignore_file(prefix + IGNORE_FILE, rel_dir, dfd, IGNORE_FILE, batch)
@@ -1047,7 +1052,7 @@ class Agent:
             batch["d"].append(record)
             if blob:
                 blobs.append(blob)
-        batch["q"].append([rel_dir, len(records)])
+        batch["q"].append([rel_dir, len(fnames) + len(links)])
         return True
 
     @staticmethod

@@ -6,16 +6,7 @@ from collections.abc import Collection, Iterable
 
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath
-from srsync.core.summary import file_record, link_record, summarize
-
-
-def entry_record(name: str, entry: Entry) -> str | None:
-    """The summary record of a child; None for a directory (summaries skip subdirectories)."""
-    if entry.kind is Kind.FILE:
-        return file_record(name, entry.size, entry.mtime_ns, entry.mode)
-    if entry.kind is Kind.LINK:
-        return link_record(name, entry.target or "")
-    return None
+from srsync.core.summary import summarize
 
 
 def children_by_dir(snap: Snapshot) -> dict[RelPath, list[tuple[str, Entry]]]:
@@ -38,9 +29,21 @@ def children_by_dir(snap: Snapshot) -> dict[RelPath, list[tuple[str, Entry]]]:
 
 
 def summary_of(children: Iterable[tuple[str, Entry]]) -> str:
-    """The summary of one directory's files and links."""
-    records = [r for name, entry in children if (r := entry_record(name, entry)) is not None]
-    return summarize(records)
+    """The summary of one directory's files and links (directories among them are skipped)."""
+    names: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    modes: list[int] = []
+    links: list[tuple[str, str]] = []
+    for name, entry in children:
+        if entry.kind is Kind.FILE:
+            names.append(name)
+            sizes.append(entry.size)
+            mtimes.append(entry.mtime_ns)
+            modes.append(entry.mode)
+        elif entry.kind is Kind.LINK:
+            links.append((name, entry.target or ""))
+    return summarize(names, sizes, mtimes, modes, links)
 
 
 def snapshot_summaries(snap: Snapshot, skip: Collection[RelPath] = ()) -> dict[RelPath, str]:
@@ -48,13 +51,16 @@ def snapshot_summaries(snap: Snapshot, skip: Collection[RelPath] = ()) -> dict[R
     except those of the directories in ``skip``.
 
     The same as ``summary_of`` over ``children_by_dir``, in one pass over the
-    files with the records written out here (it runs per file after a sync).
+    files with the columns filled here (it runs per file after a sync).
     """
-    dir_kind, file_kind = Kind.DIR, Kind.FILE
-    groups: dict[RelPath, list[str]] = {ROOT: []}
+    dir_kind, file_kind, link_kind = Kind.DIR, Kind.FILE, Kind.LINK
+    # directory -> its files' names, sizes, mtimes, modes, and its links
+    groups: dict[RelPath, tuple[list[str], list[int], list[int], list[int], list[tuple[str, str]]]] = {
+        ROOT: ([], [], [], [], [])
+    }
     for path, entry in snap.items():
         if entry.kind is dir_kind:
-            groups[path] = []
+            groups[path] = ([], [], [], [], [])
     for d in skip:
         groups.pop(d, None)
     get = groups.get
@@ -66,9 +72,11 @@ def snapshot_summaries(snap: Snapshot, skip: Collection[RelPath] = ()) -> dict[R
         group = get(path[:i] if i >= 0 else ROOT)
         if group is None:
             continue
-        # (file_record and link_record, inlined)
         if kind is file_kind:
-            group.append(f"{path[i + 1 :]}\0f\0{entry.size}\0{entry.mtime_ns}\0{entry.mode}\0")
-        elif kind is Kind.LINK:
-            group.append(f"{path[i + 1 :]}\0l\0{entry.target or ''}\0")
-    return {d: summarize(records) for d, records in groups.items()}
+            group[0].append(path[i + 1 :])
+            group[1].append(entry.size)
+            group[2].append(entry.mtime_ns)
+            group[3].append(entry.mode)
+        elif kind is link_kind:
+            group[4].append((path[i + 1 :], entry.target or ""))
+    return {d: summarize(*columns) for d, columns in groups.items()}

@@ -1,38 +1,58 @@
-"""Directory summaries: one digest of a directory's files and links, for quiet two-way rescans.
+"""Directory summaries: one digest of a directory's files and links, for quiet rescans.
 
 A two-way run stores, with its ancestor, the summary of every directory's
-files and symlinks (not its subdirectories) as that ancestor records them.
-The next run hands those summaries to each side's scan; a side whose
-directory still summarises the same holds, in every field reconciliation
-compares, exactly what the ancestor holds there, so the scan leaves those
-entries out ("quiet") and the run neither loads, compares nor records them.
+files and symlinks (not its subdirectories) as that ancestor records them
+(a one-way run stores the mirror's).  The next run hands those summaries to
+each side's scan; a side whose directory still summarises the same holds, in
+every field reconciliation compares, exactly what was recorded there, so the
+scan leaves those entries out ("quiet") and the run neither loads, compares
+nor records them.
 
 The summary is computed from the same fields by the local scan, the remote
 helper (this module ships to it: stdlib only, Python 3.8) and the state
-database, so they must agree byte for byte: each child is one record of
-NUL-terminated fields (names and link targets cannot hold NUL), the records
-are sorted, and the digest is BLAKE2b-128 of their UTF-8 text.
+database, so they must agree byte for byte; they all call ``summarize``.
+A directory's files are given as columns (names, sizes, mtimes in ns,
+permission bits), its links as (name, target) pairs, each in any order.
+The digest is BLAKE2b-128 of: the two counts; the files' numbers in name
+order, as little-endian 64-bit integers (or, when one does not fit, as
+decimal text, NUL-separated); then the names in that order and each link's
+name and target in link-name order, NUL-separated, as UTF-8.  Names and
+targets cannot hold NUL, so with the counts the bytes say exactly which
+files and links there are.  (Formatting three numbers per file as text cost
+more than listing the file; packing them is a third of that.)
 """
 
 from __future__ import annotations
+
+import struct
 
 try:  # the same function as hashlib's, without hashlib's OpenSSL import (~3 ms of the helper's start)
     from _blake2 import blake2b as _blake2b
 except ImportError:  # pragma: no cover - a python built without it
     from hashlib import blake2b as _blake2b
 
-
-def file_record(name: str, size: int, mtime_ns: int, mode: int) -> str:
-    """A regular file's record: name, kind, size, mtime (ns) and permission bits."""
-    return f"{name}\0f\0{size}\0{mtime_ns}\0{mode}\0"
-
-
-def link_record(name: str, target: str) -> str:
-    """A symlink's record: name, kind and target."""
-    return f"{name}\0l\0{target}\0"
+_COUNTS = struct.Struct("<II")
+# Every summary starts with its format's tag: the state database keeps summaries
+# across upgrades, and ones of an older format are dropped there, not compared.
+# (1: sorted text records, untagged; 2: this one)
+TAG = "2:"
 
 
-def summarize(records: list[str]) -> str:
-    """The digest of one directory's records, in any order (sorts ``records`` in place)."""
-    records.sort()
-    return _blake2b("".join(records).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+def summarize(
+    names: list[str], sizes: list[int], mtimes: list[int], modes: list[int], links: list[tuple[str, str]]
+) -> str:
+    """The digest of one directory's files (parallel columns) and links, each in any order."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    numbers = [sizes[i] for i in order] + [mtimes[i] for i in order] + [modes[i] for i in order]
+    digest = _blake2b(_COUNTS.pack(len(names), len(links)), digest_size=16)
+    try:
+        digest.update(b"B" + struct.pack(f"<{len(numbers)}q", *numbers))
+    except struct.error:  # a number beyond 64 bits (an mtime past 2262, say): as text
+        digest.update(b"T" + "".join([f"{n}\0" for n in numbers]).encode("ascii"))
+    text = [names[i] for i in order]
+    if links:
+        for name, target in sorted(links):
+            text.append(name)
+            text.append(target)
+    digest.update("\0".join(text).encode("utf-8", "surrogatepass"))
+    return TAG + digest.hexdigest()

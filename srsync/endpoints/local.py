@@ -41,7 +41,7 @@ from srsync.core.paths import (
     validate_relpath,
 )
 from srsync.core.paths import temp_name as paths_temp_name
-from srsync.core.summary import file_record, link_record, summarize
+from srsync.core.summary import summarize
 from srsync.endpoints.base import (
     CHANGED,
     Capabilities,
@@ -346,7 +346,12 @@ class LocalEndpoint(Endpoint):
         and links there are, and whether an ignore file is among them.  None
         when they differ or anything is amiss (the full listing then reports it).
         """
-        records: list[str] = []
+        # the files' columns and the links, for the summary
+        fnames: list[str] = []
+        sizes: list[int] = []
+        mtimes: list[int] = []
+        modes: list[int] = []
+        links: list[tuple[str, str]] = []
         subdirs: list[tuple[os.DirEntry[str], str, RelPath]] = []
         check_files = rules.may_exclude_files()
         check_dirs = bool(rules.rules)
@@ -362,7 +367,10 @@ class LocalEndpoint(Endpoint):
             if fmt == _IFREG:
                 if check_files and is_excluded(rel, False):
                     continue
-                records.append(file_record(rel[cut:], s.st_size, s.st_mtime_ns, mode & 0o7777))
+                fnames.append(rel[cut:])
+                sizes.append(s.st_size)
+                mtimes.append(s.st_mtime_ns)
+                modes.append(mode & 0o7777)
                 if name == IGNORE_FILE:
                     ignore_file = True
             elif fmt == _IFDIR:
@@ -375,12 +383,12 @@ class LocalEndpoint(Endpoint):
                     target = os.readlink(name, dir_fd=fd)
                 except OSError:
                     return None
-                records.append(link_record(rel[cut:], target))
+                links.append((rel[cut:], target))
             else:
                 return None
-        if summarize(records) != want:
+        if summarize(fnames, sizes, mtimes, modes, links) != want:
             return None
-        return subdirs, len(records), ignore_file
+        return subdirs, len(fnames) + len(links), ignore_file
 
     def _check_names(
         self, items: list[os.DirEntry[str]], rel_dir: RelPath, prefix: str, result: ScanResult

@@ -15,6 +15,7 @@ from pathlib import Path
 from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath, parent
 from srsync.core.quiet import children_by_dir, summary_of
+from srsync.core.summary import TAG as SUMMARY_TAG
 from srsync.engine.statedir import default_state_dir as default_state_dir  # re-exported
 from srsync.engine.statedir import state_dir_for as state_dir_for  # re-exported
 
@@ -141,6 +142,13 @@ class HistoryRow:
     dry_run: bool
 
 
+def _current_summaries(summaries: dict[RelPath, str]) -> dict[RelPath, str]:
+    """``summaries`` if all are of the current format, else none (they were saved together)."""
+    if all(s.startswith(SUMMARY_TAG) for s in summaries.values()):
+        return summaries
+    return {}
+
+
 class StateDB:
     """One connection to the state database; safe to share between threads."""
 
@@ -188,7 +196,7 @@ class StateDB:
         """What ``save_mirror_summaries`` last stored for ``pair``."""
         with self._lock:
             rows = self._db.execute("SELECT dir, summary FROM mirror_dirs WHERE pair = ?", (pair,)).fetchall()
-        return {r[0]: r[1] for r in rows}
+        return _current_summaries({r[0]: r[1] for r in rows})
 
     def save_mirror_summaries(self, pair: str, summaries: Mapping[RelPath, str]) -> None:
         """Replace a one-way pair's directory summaries in one transaction."""
@@ -202,12 +210,13 @@ class StateDB:
     # ---- ancestors (two-way state) --------------------------------------
     def ancestor_summaries(self, pair: str) -> dict[RelPath, str] | None:
         """Each directory's summary (srsync.core.summary) of the files and links the
-        ancestor records there; None when there is no ancestor in this format."""
+        ancestor records there; None when there is no ancestor in this format, or its
+        summaries are of an older format (the next save then rewrites them)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT dir, summary FROM ancestor_dirs WHERE pair = ?", (pair,)
             ).fetchall()
-        return {r[0]: r[1] for r in rows} or None
+        return _current_summaries({r[0]: r[1] for r in rows}) or None
 
     def load_ancestor(self, pair: str, skip: Collection[RelPath] = ()) -> Snapshot:
         """The ancestor, without the files and links of the directories in ``skip``."""
