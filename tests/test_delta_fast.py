@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from srsync.agent.delta import (
     DeltaOp,
     Guard,
     OpDecoder,
+    Signature,
+    StagedCopy,
     Verified,
     aligned_blocks,
     aligned_ops,
@@ -117,6 +120,68 @@ def test_aligned_ops_rebuild_and_wire(tmp_path: Path) -> None:
         assert (tmp_path / "out2").read_bytes() == new
     finally:
         os.close(fd)
+
+
+def test_aligned_blocks_equals_a_block_by_block_comparison() -> None:
+    def by_block(old: Signature, new: Signature) -> list[int] | None:
+        common = min(old.count, new.count)
+        differ = [i for i in range(common) if old.digest(i) != new.digest(i) or old.length(i) != new.length(i)]
+        differ += range(common, new.count)
+        return None if len(differ) > new.count // 8 else differ
+
+    rng = random.Random(7)
+    for _ in range(300):
+        old = rng.randbytes(rng.randrange(0, 40_000))
+        new = bytearray(old)
+        for _ in range(rng.randrange(0, 8)):
+            if new:
+                new[rng.randrange(len(new))] ^= 0xFF
+        roll = rng.random()
+        if roll < 0.2:
+            del new[len(new) - rng.randrange(0, 300) :]
+        elif roll < 0.4:
+            new += rng.randbytes(rng.randrange(0, 300))
+        old_sig, new_sig = signature([old], 64), signature([bytes(new)], 64)
+        assert aligned_blocks(old_sig, new_sig) == by_block(old_sig, new_sig)
+
+
+def test_staged_copy_then_rebuild_in_place(tmp_path: Path) -> None:
+    old = os.urandom(9 * BLOCK + 77)
+    (tmp_path / "old").write_bytes(old)
+    # a copy from where the output is (kept as staged), then moved data: copies from
+    # other offsets than the output is at, literals, and a shorter end
+    at = 2 * BLOCK + 5000
+    new = old[:at] + b"inserted" + old[at : 7 * BLOCK] + old[8 * BLOCK :]
+    basis = os.open(tmp_path / "old", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        staged = StagedCopy(basis, out, len(old))
+        assert staged.wait()
+        assert staged.token == basis_token(os.fstat(basis))
+        assert (tmp_path / "out").read_bytes() == old  # the whole old file, before any op
+        fd = staged.release()
+        staged.close()  # the released descriptor stays open
+        plain = list(match(_chunks(new, 3000), signature(_chunks(old), BLOCK)))
+        assert plain[0] == (0, 2 * BLOCK) and any(isinstance(op, tuple) and op[0] > 2 * BLOCK for op in plain)
+        # guarded, as deltas onto a staged copy are: copies are the kernel's (or skipped)
+        ops = [Guard(staged.token), *(Check(op.size, None) if isinstance(op, Check) else op for op in plain)]
+        assert rebuild_into(ops, basis, fd, len(old), staged=True) == len(new)
+    finally:
+        os.close(out)
+        os.close(basis)
+    assert (tmp_path / "out").read_bytes() == new
+
+
+def test_staged_copy_of_a_file_that_shrank_is_not_complete(tmp_path: Path) -> None:
+    (tmp_path / "old").write_bytes(os.urandom(3 * BLOCK))
+    basis = os.open(tmp_path / "old", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        staged = StagedCopy(basis, out, 5 * BLOCK)  # bigger than the file now is
+        assert not staged.wait()
+        staged.close()
+    finally:
+        os.close(basis)
 
 
 def test_aligned_refuses_moved_data(tmp_path: Path) -> None:
@@ -316,3 +381,63 @@ def test_basis_changed_after_signature_is_not_installed(
         transfer_file(source, dest, "big", entry, "job", Reporter())
     assert (dst / "big").read_bytes() == bytes(tampered)  # untouched since
     assert sorted(os.listdir(dst)) == ["big"]
+
+
+def _listing_at_rebuild(ep: Endpoint, dst: Path) -> list[list[tuple[str, int]]]:
+    """What the destination directory holds when write_delta starts (names and sizes)."""
+    seen: list[list[tuple[str, int]]] = []
+    write_delta = ep.write_delta
+
+    def looked(*args: object) -> Entry:
+        seen.append(sorted((p.name, p.stat().st_size) for p in dst.iterdir()))
+        return write_delta(*args)  # type: ignore[arg-type]
+
+    ep.write_delta = looked  # type: ignore[method-assign,assignment]
+    return seen
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("change", ["aligned", "moved"])
+def test_old_file_is_copied_while_both_sides_sign(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, direction: str, change: str
+) -> None:
+    old = os.urandom(3 * 1024 * 1024 + 999)
+    if change == "aligned":
+        new = _edited(old, 4, seed=51)
+    else:  # same size, data shifted: the matcher's delta, rebuilt over the staged copy
+        new = old[:20_000] + b"shifted by these bytes" + old[20_000:-22]
+    source, dest, _, dst = _pair(agent_endpoint_factory, tmp_path, direction, old, new)
+    seen = _listing_at_rebuild(dest, dst)
+    entry = source.stat("big")
+    assert entry is not None
+    got = transfer_file(source, dest, "big", entry, "job", Reporter())
+    # by the time the delta is applied, a full-size temporary copy of the old file is there
+    (names,) = seen
+    assert len(names) == 2 and names[1] == ("big", len(old))
+    assert names[0][0].startswith(".srsync-tmp-") and names[0][1] == len(old)
+    assert (dst / "big").read_bytes() == new
+    assert got.size == len(new) and got.mtime_ns == entry.mtime_ns
+    assert sorted(os.listdir(dst)) == ["big"]
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_copy_staged_for_no_delta_is_removed(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, direction: str
+) -> None:
+    old = os.urandom(2 * 1024 * 1024)
+    source, dest, _, dst = _pair(agent_endpoint_factory, tmp_path, direction, old, _edited(old, 2, seed=61))
+    sig, before = dest.block_signature("big", BLOCK, stage=True)
+    assert sig.basis is not None and before is not None
+    assert len(os.listdir(dst)) == 2  # the old file and its staged copy
+    dest.drop_staged()
+    assert sorted(os.listdir(dst)) == ["big"]
+    # a second signature replaces an earlier staged copy; closing removes the last one
+    dest.block_signature("big", BLOCK, stage=True)
+    dest.block_signature("big", BLOCK, stage=True)
+    assert len(os.listdir(dst)) == 2
+    dest.close()
+    deadline = time.monotonic() + 10
+    while len(os.listdir(dst)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the helper removes it when its channel ends
+    assert sorted(os.listdir(dst)) == ["big"]
+    assert (dst / "big").read_bytes() == old

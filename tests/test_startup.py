@@ -348,6 +348,11 @@ def test_the_helper_starts_without_typing_or_openssl() -> None:
     heavy = ("typing", "hashlib", "_hashlib", "dataclasses", "inspect", "json", "re", "enum",
              "functools", "collections", "contextlib", "array")
     text = text[: -len(serve)] + f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
-    # the loader first reads the length of the bytecode that may follow: none here
-    out = subprocess.run([sys.executable, "-S", "-c", text], input=bytes(4), capture_output=True, check=True)
+    program = zlib.compress(text.encode("utf-8"))
+    # started as the server starts it: the program on stdin (it is longer than one argument
+    # may be); the loader then reads the length of the bytecode that may follow: none here
+    start = f"import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read({len(program)})))"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", start], input=program + bytes(4), capture_output=True, check=True
+    )
     assert out.stdout.decode().split() == [], out.stderr.decode()[-500:]

@@ -329,6 +329,9 @@ def signature_fd(fd: int, block: int, algo: str = SHA1, limit: int = 1 << 62, be
     return sig
 
 
+_RUN = 256 * DIGEST  # digests compared as one slice by aligned_blocks
+
+
 def aligned_blocks(old: Signature, new: Signature) -> list[int] | None:
     """Blocks of the new file that differ from the old one at the same offset, or None.
 
@@ -341,18 +344,21 @@ def aligned_blocks(old: Signature, new: Signature) -> list[int] | None:
     count, common = new.count, min(old.count, new.count)
     limit = count // ALIGNED_MAX_SHARE
     differ: list[int] = []
-    if old.digests[: common * DIGEST] == new.digests[: common * DIGEST] and (
-        common == 0 or old.length(common - 1) == new.length(common - 1)
-    ):
-        differ = []
-    else:
-        a, b = old.digests, new.digests
-        for i in range(common):
-            at = i * DIGEST
-            if a[at : at + DIGEST] != b[at : at + DIGEST] or old.length(i) != new.length(i):
-                differ.append(i)
+    a, b = old.digests, new.digests
+    span = common * DIGEST
+    # runs of blocks compared at once (C speed); only a run that differs is looked into
+    for start in range(0, span, _RUN):
+        end = min(start + _RUN, span)
+        if a[start:end] == b[start:end]:
+            continue
+        for at in range(start, end, DIGEST):
+            if a[at : at + DIGEST] != b[at : at + DIGEST]:
+                differ.append(at // DIGEST)
                 if len(differ) > limit:
                     return None
+    # only the last common block can differ in length (every other one is a whole block)
+    if common and old.length(common - 1) != new.length(common - 1) and (not differ or differ[-1] != common - 1):
+        differ.append(common - 1)
     differ.extend(range(common, count))  # new blocks beyond the old end
     if len(differ) > limit:
         return None
@@ -657,6 +663,87 @@ def copy_range(
             beat()
 
 
+STAGE_PIECE = 64 * 1024 * 1024  # bytes per kernel copy call of a staged copy (it can stop in between)
+
+
+class StagedCopy:
+    """The old content of a file copied into a new temporary file by a thread, while it is signed.
+
+    For an edit in place the destination starts this when it is asked for
+    the old file's signature: the kernel copy of the old file, which the
+    rebuild needs anyway, then runs beside the two signatures instead of
+    after them, and the delta only overwrites what changed
+    (``rebuild_into(..., staged=True)``).  ``basis_fd`` is duplicated (the
+    caller keeps its own); ``out_fd`` (at position 0, empty) is this
+    object's until ``release``.  The copy is only used when ``wait`` says
+    it is complete and the old file still has ``token`` (its basis token
+    when the copy began): then every byte of it is the old file's.
+    """
+
+    def __init__(self, basis_fd: int, out_fd: int, size: int) -> None:
+        import threading  # only where a copy is staged (the helper's start-up skips it)
+
+        self.token = basis_token(os.fstat(basis_fd))
+        self.size = size
+        self.out_fd = out_fd
+        self._basis_fd = os.dup(basis_fd)
+        self._copied = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._copy, name="srsync-stage", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            while self._copied < self.size and not self._stop:
+                piece = min(STAGE_PIECE, self.size - self._copied)
+                copy_range(self._basis_fd, self.out_fd, self._copied, piece)
+                self._copied += piece
+        except BaseException as exc:  # reported by wait (a full disk, a file that shrank)
+            self._error = exc
+
+    def wait(self, beat: Callable[[], None] | None = None) -> bool:
+        """Wait for the copy (calling ``beat`` now and then); True when all of it is there."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+            if beat is not None:
+                beat()
+        return self._error is None and self._copied == self.size
+
+    def release(self) -> int:
+        """The output fd, now the caller's (after a successful ``wait``)."""
+        fd, self.out_fd = self.out_fd, -1
+        return fd
+
+    def close(self) -> None:
+        """Stop the copy (after its current piece) and close both descriptors; idempotent."""
+        self._stop = True
+        self._thread.join()
+        for fd in (self._basis_fd, self.out_fd):
+            if fd >= 0:
+                try:  # noqa: SIM105  (contextlib: one more import for the helper)
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._basis_fd = self.out_fd = -1
+
+
+def place_staged(basis_fd: int, out_fd: int) -> Callable[[int, int], None]:
+    """The ``copy`` of a rebuild into a staged copy of the old file (see StagedCopy).
+
+    A copy from the offset the output is at is already there: skipped.
+    Any other is copied from the old file over what the staged copy holds.
+    """
+
+    def place(offset: int, length: int) -> None:
+        if os.lseek(out_fd, 0, os.SEEK_CUR) == offset:
+            os.lseek(out_fd, length, os.SEEK_CUR)
+        else:
+            copy_range(basis_fd, out_fd, offset, length)
+
+    return place
+
+
 class Rebuilder:
     """Rebuilds new content from delta ops fed one at a time; ``pread(offset, length)`` reads the old file.
 
@@ -754,29 +841,37 @@ class Rebuilder:
             raise ValueError("delta ended without its check")
 
 
-def rebuild_into(ops: Iterable[DeltaOp], basis_fd: int, out_fd: int, basis_size: int) -> int:
+def rebuild_into(
+    ops: Iterable[DeltaOp], basis_fd: int, out_fd: int, basis_size: int, staged: bool = False
+) -> int:
     """Rebuild from ``ops`` and the old file open as ``basis_fd`` into ``out_fd`` (at its position).
 
     Guarded deltas copy in the kernel (``copy_range``) and pin the old file
     by the fstat of ``basis_fd``; others go through ``pread`` and the CRC.
+    ``staged``: ``out_fd`` holds a complete copy of the old file (StagedCopy),
+    written over from its start and cut to the new size at the end.
     Returns the size written; ValueError as for Rebuilder (install nothing).
     """
 
     def pread(offset: int, length: int) -> bytes:
         return os.pread(basis_fd, length, offset)
 
-    rebuilder = Rebuilder(
-        pread,
-        basis_size,
-        copy=lambda offset, length: copy_range(basis_fd, out_fd, offset, length),
-        token=lambda: basis_token(os.fstat(basis_fd)),
-    )
+    if staged:
+        os.lseek(out_fd, 0, os.SEEK_SET)
+        copy = place_staged(basis_fd, out_fd)
+    else:
+        def copy(offset: int, length: int) -> None:
+            copy_range(basis_fd, out_fd, offset, length)
+
+    rebuilder = Rebuilder(pread, basis_size, copy=copy, token=lambda: basis_token(os.fstat(basis_fd)))
     for op in ops:
         for piece in rebuilder.add(op):
             view = memoryview(piece)
             while view:
                 view = view[os.write(out_fd, view) :]
     rebuilder.finish()
+    if staged:
+        os.ftruncate(out_fd, rebuilder.size)
     return rebuilder.size
 
 

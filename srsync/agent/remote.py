@@ -55,10 +55,12 @@ from srsync.agent.delta import (
     OpDecoder,
     Rebuilder,
     Signature,
+    StagedCopy,
     basis_token,
     copy_range,
     encode_ops,
     match,
+    place_staged,
     signature_fd,
 )
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
@@ -72,7 +74,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, BinaryIO
 
-PROTOCOL = 5  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans; 5: scan "only"
+PROTOCOL = 6  # 3: guarded deltas (sig's basis token, delta without CRC, ops G/V/F); 4: quiet scans; 5: scan "only";
+# 6: sig may stage a copy of the old file for the patch that follows
 MAGIC = b"SRSYNC-AGENT"  # the helper's first bytes on stdout, before any frame
 
 HEADER = struct.Struct(">BII")
@@ -315,6 +318,7 @@ class Upload:
         self.rebuilder: Rebuilder | None = None
         self.basis_fd = -1
         self.basis_st: os.stat_result | None = None
+        self.staged = False  # fd holds a complete copy of the old file (a StagedCopy's)
 
 
 class Agent:
@@ -333,6 +337,8 @@ class Agent:
         self.temp_stem = TEMP_PREFIX.encode("ascii") + self.temp_tag
         self.temp_count = 0
         self.tmpfile = TMPFILE
+        # (path, copy, temporary file) of the old file copied by "sig" for the "patch" that follows
+        self.staged: tuple[str, StagedCopy, bytes] | None = None
         # directories resolved during the current call (None: no call holds any)
         self.dirs: dict[str, DirSlot] | None = None
         self.dir_fds: list[int] = []
@@ -360,6 +366,7 @@ class Agent:
             "put": self.op_put,
             "write": self.op_write,
             "patch": self.op_patch,
+            "unstage": self.op_unstage,
             "pw_open": self.op_pw_open,
             "pw_range": self.op_pw_range,
             "pw_commit": self.op_pw_commit,
@@ -451,6 +458,7 @@ class Agent:
         finally:
             for up in list(self.uploads.values()):
                 self._discard(up)
+            self._unstage()
             if self.pending:
                 self.flush()
 
@@ -1375,23 +1383,49 @@ class Agent:
         """Start a delta upload onto the file at args[0]: DATA frames carry encoded delta ops."""
         rel, guard = args[0], args[3]
         final = self.path(rel)
-        basis_fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+        staged, self.staged = self.staged, None
+        basis_fd = -1
         try:
+            basis_fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
             basis_st = os.fstat(basis_fd)
             if not matches(entry_json(basis_st, None), guard[0] if guard else None):
                 raise CallFailed(errno.EAGAIN, CHANGED, rel)
-            fd, tmp = self._create_temp(final)
+            if (
+                staged is not None
+                and staged[0] == rel
+                and staged[1].token == basis_token(basis_st)  # the same file, unchanged since the copy began
+                and staged[1].wait(self.beat)
+            ):
+                fd, tmp = staged[1].release(), staged[2]
+                staged[1].close()
+                staged = None
+                os.lseek(fd, 0, os.SEEK_SET)
+                copy = place_staged(basis_fd, fd)
+                in_place = True
+            else:
+                if staged is not None:
+                    self.staged = staged
+                    self._unstage()
+                    staged = None
+                fd, tmp = self._create_temp(final)
+                in_place = False
+                copy = lambda off, length: copy_range(basis_fd, fd, off, length, self.beat)  # noqa: E731  (guarded: kernel copies)
         except BaseException:
-            os.close(basis_fd)
+            if basis_fd >= 0:
+                os.close(basis_fd)
+            if staged is not None:
+                self.staged = staged
+                self._unstage()
             raise
         up = Upload(fd, tmp, final, args, "patch")
         up.basis_fd = basis_fd
         up.basis_st = basis_st
+        up.staged = in_place
         up.decoder = OpDecoder()
         up.rebuilder = Rebuilder(
             lambda off, length: os.pread(basis_fd, length, off),
             basis_st.st_size,
-            copy=lambda off, length: copy_range(basis_fd, fd, off, length, self.beat),  # guarded deltas: kernel copies
+            copy=copy,
             token=lambda: basis_token(os.fstat(basis_fd)),
         )
         self.uploads[rid] = up
@@ -1417,6 +1451,8 @@ class Agent:
         try:
             if up.rebuilder is not None:
                 up.rebuilder.finish()
+                if up.staged:
+                    os.ftruncate(up.fd, up.rebuilder.size)  # the staged copy was the old file's size
                 after = os.fstat(up.basis_fd)
                 assert up.basis_st is not None
                 if (after.st_size, after.st_mtime_ns) != (up.basis_st.st_size, up.basis_st.st_mtime_ns):
@@ -1665,7 +1701,12 @@ class Agent:
 
         Meta: "e" the fstat taken before reading, "b" the basis token (see
         delta.Guard) when the file held still while it was read, else None.
+        With args[3] true (an edit in place is likely) a copy of the file is
+        staged beside it meanwhile, for a "patch" of the same path to finish
+        (delta.StagedCopy); one at a time, dropped by the next "sig", by a
+        "patch" of another path and at exit.
         """
+        self._unstage()
         full = self.path(args[0])
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
@@ -1673,10 +1714,46 @@ class Agent:
             if not statmod.S_ISREG(st.st_mode):
                 raise CallFailed(errno.EINVAL, "not a regular file", args[0])
             before = entry_json(st, None)
+            if len(args) > 3 and args[3]:
+                self._stage(args[0], full, fd, st.st_size)
             sig = signature_fd(fd, args[1], args[2] if len(args) > 2 else "sha1", beat=self.beat)
+        except BaseException:
+            self._unstage()
+            raise
         finally:
             os.close(fd)
-        self.send(DONE, rid, {"e": before, "b": None if sig.basis is None else list(sig.basis)}, sig.encode())
+        if sig.basis is None:
+            self._unstage()  # it changed while it was read: no delta will use the copy
+        meta = {"e": before, "b": None if sig.basis is None else list(sig.basis), "s": self.staged is not None}
+        self.send(DONE, rid, meta, sig.encode())
+
+    def op_unstage(self, rid: int, args: list[Any], raw: bytes) -> None:
+        """Drop the copy "sig" staged, if no "patch" used it."""
+        self._unstage()
+        self.send(DONE, rid)
+
+    def _stage(self, rel: str, final: bytes, fd: int, size: int) -> None:
+        """Start copying the open file ``fd`` into a temporary file beside it (not where none can be made)."""
+        try:
+            out, tmp = self._create_temp(final)
+        except OSError:
+            return  # the patch will say why, if it comes
+        try:
+            self.staged = (rel, StagedCopy(fd, out, size), tmp)
+        except BaseException:
+            os.close(out)
+            with _Suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _unstage(self) -> None:
+        if self.staged is None:
+            return
+        _, copy, tmp = self.staged
+        self.staged = None
+        copy.close()
+        with _Suppress(OSError):
+            os.unlink(tmp)
 
     def op_delta(self, rid: int, args: list[Any], raw: bytes) -> None:
         """Delta ops (encoded) turning the caller's old file, signed in ``raw``, into this one.

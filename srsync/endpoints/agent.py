@@ -293,6 +293,7 @@ class AgentEndpoint(Endpoint):
         self._growing = False  # extra helpers for spreading batches were asked for
         self._starting = 0  # extra helpers on their way
         self._closed = False
+        self._staged = False  # the helper holds a copy staged by block_signature
 
     def _start(self) -> AgentClient:
         conn = self._conn
@@ -817,14 +818,21 @@ class AgentEndpoint(Endpoint):
         return (XXH128, SHA1) if self.has_xxhash else (SHA1,)
 
     def block_signature(
-        self, path: RelPath, block: int, algo: str = SHA1
+        self, path: RelPath, block: int, algo: str = SHA1, stage: bool = False
     ) -> tuple[Signature, Entry | None]:
-        reply = self._client.result_raw(self._client.call("sig", [self._rel(path), block, algo]))
+        reply = self._client.result_raw(self._client.call("sig", [self._rel(path), block, algo, stage]))
+        # a staged copy is the helper's until its "patch" (write_delta) or "unstage" (drop_staged)
+        self._staged = bool(reply.meta.get("s"))
         sig = Signature.decode(reply.raw)
         token = reply.meta.get("b")
         if isinstance(token, list) and len(token) == 5 and all(isinstance(v, int) for v in token):
             sig.basis = tuple(token)
         return sig, entry_from_json(reply.meta["e"])
+
+    def drop_staged(self) -> None:
+        if self._staged:
+            self._staged = False
+            self._client.result(self._client.call("unstage", []))
 
     def read_ranges(self, path: RelPath, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
         """See ``Endpoint.read_ranges``: one open, all ranges' reads in flight at once, one close."""
@@ -870,6 +878,7 @@ class AgentEndpoint(Endpoint):
         expected: Entry,
     ) -> Entry:
         client = self._client
+        self._staged = False  # the helper uses or drops it now
         call = client.call("patch", [self._rel(path), mode & 0o7777, mtime_ns, [entry_to_json(expected)]])
         return _upload(client, call, _coalesce(encode_ops(ops), CHUNK))
 

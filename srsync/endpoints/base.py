@@ -342,13 +342,17 @@ class Endpoint(abc.ABC):
         return ALGORITHMS
 
     def block_signature(
-        self, path: RelPath, block: int, algo: str = SHA1
+        self, path: RelPath, block: int, algo: str = SHA1, stage: bool = False
     ) -> tuple[Signature, Entry | None]:
         """Block signature of the file at ``path``, with its lstat taken before reading.
 
         Where ``open_read`` gives a real file descriptor the signature also
         carries the file's basis token (``Signature.basis``, see
         ``srsync.agent.delta.Guard``) when it held still while it was read.
+        ``stage``: an edit in place is likely, so an endpoint that can may
+        start copying the old file for the ``write_delta`` of the same path
+        that follows (``srsync.agent.delta.StagedCopy``); ``drop_staged``
+        discards such a copy when no delta comes.
         """
         before = self.stat(path)
         with self.open_read(path) as f:
@@ -356,6 +360,9 @@ class Endpoint(abc.ABC):
             if fd is not None:
                 return signature_fd(fd, block, algo), before
             return signature(_file_chunks(f), block, algo), before
+
+    def drop_staged(self) -> None:
+        """Discard the copy ``block_signature(stage=True)`` started, if ``write_delta`` did not use it."""
 
     def read_ranges(self, path: RelPath, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
         """The bytes of ``path`` at each (offset, length) of ``ranges``, in order (short at the end).

@@ -23,10 +23,19 @@ import errno
 import os
 import secrets
 import stat as st
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, suppress
 from typing import BinaryIO, cast
 
+from srsync.agent.delta import (
+    SHA1,
+    DeltaOp,
+    Signature,
+    StagedCopy,
+    basis_token,
+    rebuild_into,
+    signature_fd,
+)
 from srsync.core.entry import Entry, Kind, Problem, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import (
@@ -115,6 +124,26 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
+class _Staged:
+    """A copy of ``path``'s old file under way in the temporary file ``tmp`` of directory ``dfd``."""
+
+    __slots__ = ("path", "copy", "dfd", "dpath", "name", "tmp")
+
+    def __init__(self, path: RelPath, copy: StagedCopy, dfd: int, dpath: str, name: str, tmp: str) -> None:
+        self.path = path
+        self.copy = copy
+        self.dfd = dfd
+        self.dpath = dpath
+        self.name = name
+        self.tmp = tmp
+
+    def discard(self) -> None:
+        self.copy.close()
+        with suppress(OSError):
+            os.unlink(self.tmp, dir_fd=self.dfd)
+        os.close(self.dfd)
+
+
 def _changed(path: RelPath) -> OSError:
     return OSError(errno.EAGAIN, CHANGED, path)
 
@@ -134,6 +163,8 @@ class LocalEndpoint(Endpoint):
         self._new_temp_token()
         self._tmpfile = _TMPFILE
         self._top_names: list[str] = []  # the root's first names, for the case probe
+        # the old file being copied for the write_delta that follows (block_signature stage=True)
+        self._staged: _Staged | None = None
 
     @property
     def description(self) -> str:
@@ -528,6 +559,111 @@ class LocalEndpoint(Endpoint):
                 yield exc
 
     # ---- writing -------------------------------------------------------
+    # ---- delta transfer: this side holds the old file ----
+    def block_signature(
+        self, path: RelPath, block: int, algo: str = SHA1, stage: bool = False
+    ) -> tuple[Signature, Entry | None]:
+        self.drop_staged()
+        if not stage:
+            return super().block_signature(path, block, algo)
+        dpath, name = self._split(path)
+        dfd = self._open_dir(dpath)
+        staged = None
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+            try:
+                s = os.fstat(fd)
+                before = entry_from_stat(s)
+                if before is not None and before.kind is _FILE:
+                    staged = self._stage(path, dfd, dpath, name, fd, s.st_size)
+                sig = signature_fd(fd, block, algo)
+            finally:
+                os.close(fd)
+        finally:
+            if staged is None:
+                os.close(dfd)
+        if sig.basis is None:
+            self.drop_staged()  # it changed while it was read: no delta will use the copy
+        return sig, before
+
+    def _stage(self, path: RelPath, dfd: int, dpath: str, name: str, fd: int, size: int) -> _Staged | None:
+        """Start copying the open old file ``fd`` to a temporary sibling (None where none can be made)."""
+        try:
+            tmp, out = self._open_temp(dfd, name)
+        except OSError:
+            return None  # write_delta will say why, if it comes
+        try:
+            self._staged = _Staged(path, StagedCopy(fd, out, size), dfd, dpath, name, tmp)
+        except BaseException:
+            os.close(out)
+            with suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        return self._staged
+
+    def drop_staged(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            staged.discard()
+
+    def write_delta(
+        self, path: RelPath, ops: Iterable[DeltaOp], mode: int, mtime_ns: int, expected: Entry
+    ) -> Entry:
+        """See ``Endpoint.write_delta``; what a guarded delta copies is copied by the kernel,
+        into the staged copy of the old file where ``block_signature`` made one."""
+        staged, self._staged = self._staged, None
+        try:
+            dpath, name = self._split(path)
+            basis = os.open(self._abs(path), _READ_FLAGS)
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
+        try:
+            s = os.fstat(basis)
+            if not same_state(entry_from_stat(s), expected):
+                raise OSError(errno.EAGAIN, CHANGED, path)
+            if staged is not None and not (
+                staged.path == path
+                and staged.copy.token == basis_token(s)  # the same file, unchanged since the copy began
+                and staged.copy.wait()
+            ):
+                staged.discard()
+                staged = None
+            try:
+                if staged is not None:
+                    dfd, tmp, fd = staged.dfd, staged.tmp, staged.copy.release()
+                    staged.copy.close()
+                    staged = None
+                    in_place = True
+                else:
+                    dfd = self._open_dir(dpath)
+                    try:
+                        tmp, fd = self._open_temp(dfd, name)
+                    except BaseException:
+                        os.close(dfd)
+                        raise
+                    in_place = False
+                try:
+                    written = self._fill_install(
+                        dfd, dpath, name, tmp, fd, None, None,
+                        lambda out: rebuild_into(ops, basis, out, s.st_size, staged=in_place),
+                        mode, mtime_ns, None, True,
+                    )
+                finally:
+                    os.close(dfd)
+            except ValueError as exc:
+                raise OSError(errno.EAGAIN, f"{exc}; will retry next run", path) from exc
+        finally:
+            os.close(basis)
+            if staged is not None:
+                staged.discard()
+        assert written is not None
+        return written
+
+    def close(self) -> None:
+        self.drop_staged()
+
     def ensure_root(self) -> None:
         os.makedirs(self.root, exist_ok=True)
 
@@ -607,20 +743,45 @@ class LocalEndpoint(Endpoint):
                 self._tmpfile = False  # not on this filesystem: named temporary files
             else:
                 return self._write_new(fd, dfd, name, data, chunks, mode, mtime_ns, step.path, report)
-        tmp = self._temp_name(name)
         try:
-            try:
-                fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
-            except FileExistsError:
-                self._new_temp_token()  # a leftover, or a name planted there: draw again
-                tmp = self._temp_name(name)
-                fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+            tmp, fd = self._open_temp(dfd, name)
         except OSError:
             self._guard(dfd, name, step)  # a changed target is reported as such
             raise
+        return self._fill_install(dfd, dpath, name, tmp, fd, data, chunks, None, mode, mtime_ns, step, report)
+
+    def _open_temp(self, dfd: int, name: str) -> tuple[str, int]:
+        """A new temporary sibling of ``name`` in ``dfd``: its name and a write fd."""
+        tmp = self._temp_name(name)
+        try:
+            return tmp, os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            self._new_temp_token()  # a leftover, or a name planted there: draw again
+            tmp = self._temp_name(name)
+            return tmp, os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+
+    def _fill_install(
+        self,
+        dfd: int,
+        dpath: str,
+        name: str,
+        tmp: str,
+        fd: int,
+        data: bytes | None,
+        chunks: Iterator[bytes] | None,
+        fill: Callable[[int], object] | None,
+        mode: int,
+        mtime_ns: int,
+        step: Step | None,
+        report: bool,
+    ) -> Entry | None:
+        """Write the temporary file ``tmp`` (open as ``fd``, closed here) and rename it over ``name``;
+        removed on any failure.  Its content: ``fill(fd)``, else ``chunks``, else ``data``."""
         try:
             try:
-                if chunks is not None:
+                if fill is not None:
+                    fill(fd)
+                elif chunks is not None:
                     for block in chunks:
                         if block:
                             _write_all(fd, block)

@@ -170,20 +170,42 @@ def transfer_delta(
     theirs = src.delta_algorithms()
     algo = next((a for a in dest.delta_algorithms() if a in theirs), SHA1)
     block = block_size_for(old.size)
-    new_sig: Signature | None = None
-    new_before: Entry | None = None
-    if entry.size == old.size:
+    new_sig: Signature | None
+    new_before: Entry | None
+    if entry.size != old.size:
+        sig, before = dest.block_signature(path, block, algo)
+        return _write_delta(src, dest, path, entry, old, sig, before, None, None, job, reporter)
+    try:
         with ThreadPoolExecutor(1, thread_name_prefix="srsync-sign") as pool:
             signing = pool.submit(src.block_signature, path, block, algo)
             try:
-                sig, before = dest.block_signature(path, block, algo)
+                # the destination may copy its old file meanwhile, for the rebuild (see Endpoint.block_signature)
+                sig, before = dest.block_signature(path, block, algo, stage=True)
             finally:
                 try:
                     new_sig, new_before = signing.result()
                 except OSError:
                     new_sig = None  # the source's trouble shows again (and is reported) below
-    else:
-        sig, before = dest.block_signature(path, block, algo)
+        return _write_delta(src, dest, path, entry, old, sig, before, new_sig, new_before, job, reporter)
+    finally:
+        dest.drop_staged()  # (what write_delta used is no longer there to drop)
+
+
+def _write_delta(
+    src: Endpoint,
+    dest: Endpoint,
+    path: str,
+    entry: Entry,
+    old: Entry,
+    sig: Signature,
+    before: Entry | None,
+    new_sig: Signature | None,
+    new_before: Entry | None,
+    job: str,
+    reporter: Reporter,
+) -> Entry:
+    """The rest of ``transfer_delta``: the destination's signature ``sig`` is in, and the
+    source's own ``new_sig`` where both were signed (same size)."""
     if not matches(before, old):
         raise OSError(errno.EAGAIN, "changed since scan; skipped, will retry next run", path)
     if new_sig is not None and sig.basis is not None:
