@@ -117,8 +117,8 @@ def _literal_counter(ep: Endpoint) -> list[int]:
     def write_delta_counted(path: str, ops: Iterable[DeltaOp], *args: object) -> Entry:
         return write_delta(path, counted(ops), *args)  # type: ignore[arg-type]
 
-    def delta_ops_counted(path: str, size: int, sig: object):  # type: ignore[no-untyped-def]
-        result = yield from counted_gen(delta_ops(path, size, sig))  # type: ignore[arg-type]
+    def delta_ops_counted(path: str, size: int, sig: object, guarded: bool = False):  # type: ignore[no-untyped-def]
+        result = yield from counted_gen(delta_ops(path, size, sig, guarded))  # type: ignore[arg-type]
         return result
 
     def counted_gen(gen):  # type: ignore[no-untyped-def]

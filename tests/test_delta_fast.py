@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
+from srsync.agent import delta
 from srsync.agent.delta import (
     Check,
     DeltaOp,
@@ -441,3 +443,32 @@ def test_a_copy_staged_for_no_delta_is_removed(
         time.sleep(0.02)  # the helper removes it when its channel ends
     assert sorted(os.listdir(dst)) == ["big"]
     assert (dst / "big").read_bytes() == old
+
+
+def test_long_copy_runs_are_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta, "COPY_RUN", 4 * BLOCK)
+    old = os.urandom(40 * BLOCK + 99)
+    new = old[:1000] + b"inserted" + old[1000:]
+    ops = list(match(_chunks(new), signature(_chunks(old), BLOCK)))
+    copies = [op for op in ops if isinstance(op, tuple)]
+    # one run after the insertion, cut into pieces the receiver can copy one by one
+    assert len(copies) >= 9 and all(length <= 5 * BLOCK for _, length in copies)
+    assert all(a[0] + a[1] == b[0] for a, b in zip(copies, copies[1:], strict=False))
+    assert b"".join(apply_ops(ops, lambda o, n: old[o : o + n], len(old))) == new
+
+
+@pytest.mark.parametrize("side", ["local", "helper"])
+def test_a_guarded_match_computes_no_crc(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, side: str
+) -> None:
+    old = os.urandom(3 * 1024 * 1024 + 5)
+    new = old[:4000] + b"inserted" + old[4000:]
+    (tmp_path / "big").write_bytes(new)
+    ep: Endpoint = agent_endpoint_factory(str(tmp_path)) if side == "helper" else LocalEndpoint(str(tmp_path))
+    sig = signature(_chunks(old), BLOCK)
+    plain = list(ep.delta_ops("big", len(new), sig))
+    guarded = list(ep.delta_ops("big", len(new), sig, guarded=True))
+    assert plain[-1] == Check(len(new), zlib.crc32(new))
+    assert guarded[-1] == Check(len(new), None)
+    assert plain[:-1] == guarded[:-1]
+    assert b"".join(apply_ops(plain, lambda o, n: old[o : o + n], len(old))) == new

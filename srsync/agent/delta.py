@@ -71,6 +71,9 @@ _GUARD = struct.Struct(">cQQQqq")  # b"G", basis dev, ino, size, mtime_ns, ctime
 _VLIT = struct.Struct(">cB16sI")  # b"V", digest algorithm id, digest, length; then the bytes
 _FINAL = struct.Struct(">cQ")  # b"F", new size: the end of a guarded delta (no CRC)
 COPY_PIECE = 64 * 1024 * 1024  # bytes per kernel copy call (the helper shows life in between)
+# A run of merged copies is emitted once it is this long: the receiver copies it
+# while the rest of the file is still being matched.
+COPY_RUN = 64 * 1024 * 1024
 # At most this share of the blocks may differ for the aligned delta (else: match).
 ALIGNED_MAX_SHARE = 8  # 1/8
 
@@ -409,8 +412,9 @@ def _candidates(expect: int, count: int) -> list[int]:
 def match(chunks: Iterable[bytes], sig: Signature, crc32: bool = True) -> Iterator[DeltaOp]:
     """Delta ops that turn the old file described by ``sig`` into the content of ``chunks``.
 
-    Consecutive copies are merged.  The last op is the Check of the new
-    content (its CRC is None without ``crc32``: for a guarded delta).
+    Consecutive copies are merged into runs of up to about COPY_RUN bytes.
+    The last op is the Check of the new content (its CRC is None without
+    ``crc32``: for a guarded delta, whose receiver checks no CRC).
     """
     block = sig.block
     count = sig.count
@@ -519,7 +523,7 @@ def match(chunks: Iterable[bytes], sig: Signature, crc32: bool = True) -> Iterat
         misses = 0
         length = sig.length(found)
         off = found * block
-        if copy_len and copy_off + copy_len == off:
+        if copy_len and copy_off + copy_len == off and copy_len < COPY_RUN:
             copy_len += length
         else:
             if copy_len:

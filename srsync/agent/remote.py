@@ -1760,19 +1760,25 @@ class Agent:
 
         Reads at most args[1] (the scanned size) + 1 bytes and reports the
         lstat taken afterwards, so the caller can tell a file that changed.
+        args[2]: the delta will be guarded (no CRC needed).
         """
         full = self.path(args[0])
         sig = Signature.decode(raw)
+        guarded = len(args) > 2 and bool(args[2])  # the caller guards it: no CRC to compute
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             out: list[bytes] = []
             size = 0
-            for piece in encode_ops(match(self._chunks(fd, args[1] + 1), sig)):
-                out.append(piece)
-                size += len(piece)
-                if size >= READ_CHUNK:
+            for op in match(self._chunks(fd, args[1] + 1), sig, crc32=not guarded):
+                for piece in encode_ops((op,)):
+                    out.append(piece)
+                    size += len(piece)
+                if size >= READ_CHUNK or isinstance(op, tuple):
+                    # a copy goes out at once: the caller copies it while this goes on matching
                     self.send(ITEM, rid, None, b"".join(out))
                     out, size = [], 0
+                    if isinstance(op, tuple):
+                        self.flush()
             if out:
                 self.send(ITEM, rid, None, b"".join(out))
         finally:

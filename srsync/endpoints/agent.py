@@ -859,9 +859,9 @@ class AgentEndpoint(Endpoint):
                 client.result(client.call("close_r", [handle.rid]))
 
     def delta_ops(
-        self, path: RelPath, size: int, sig: Signature
+        self, path: RelPath, size: int, sig: Signature, guarded: bool = False
     ) -> Generator[DeltaOp, None, Entry | None]:
-        call = self._client.call("delta", [self._rel(path), size], sig.encode())
+        call = self._client.call("delta", [self._rel(path), size, guarded], sig.encode())
         decoder = OpDecoder()
         for item in self._client.items(call):
             yield from decoder.feed(item.raw)
@@ -880,7 +880,7 @@ class AgentEndpoint(Endpoint):
         client = self._client
         self._staged = False  # the helper uses or drops it now
         call = client.call("patch", [self._rel(path), mode & 0o7777, mtime_ns, [entry_to_json(expected)]])
-        return _upload(client, call, _coalesce(encode_ops(ops), CHUNK))
+        return _upload(client, call, _delta_blocks(ops), flush=True)
 
     # ---- lifetime ------------------------------------------------------
     def close(self) -> None:
@@ -906,15 +906,18 @@ def _may_overtake(touched: set[str], path: RelPath) -> bool:
     return True
 
 
-def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes]) -> Entry:
+def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes], flush: bool = False) -> Entry:
     """Stream ``blocks`` as DATA of an upload call, then END; returns the installed entry.
 
     Any failure (of the source, or the helper refusing early) aborts the call,
-    which drops the helper's temporary file, and is raised.
+    which drops the helper's temporary file, and is raised.  ``flush``: send
+    each block at once (not when the send buffer fills).
     """
     try:
         for block in blocks:
             client.data(call, block)
+            if flush:
+                client.flush()
             early = client.failed_early(call)
             if early is not None:
                 raise early
@@ -929,14 +932,16 @@ def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes]) -> Entry:
     return entry
 
 
-def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Join small pieces into blocks of at least ``size`` bytes (the last may be smaller)."""
+def _delta_blocks(ops: Iterable[DeltaOp]) -> Iterator[bytes]:
+    """A delta's wire form in blocks of at least CHUNK bytes, but cut after every copy:
+    the helper copies that run while the rest of the file is still being matched."""
     pending: list[bytes] = []
     have = 0
-    for piece in pieces:
-        pending.append(piece)
-        have += len(piece)
-        if have >= size:
+    for op in ops:
+        for piece in encode_ops((op,)):
+            pending.append(piece)
+            have += len(piece)
+        if have >= CHUNK or isinstance(op, tuple):
             yield b"".join(pending)
             pending, have = [], 0
     if pending:

@@ -374,13 +374,17 @@ class Endpoint(abc.ABC):
             for off, length in ranges:
                 yield _read_at(f, fd, off, length)
 
-    def delta_ops(self, path: RelPath, size: int, sig: Signature) -> Generator[DeltaOp, None, Entry | None]:
+    def delta_ops(
+        self, path: RelPath, size: int, sig: Signature, guarded: bool = False
+    ) -> Generator[DeltaOp, None, Entry | None]:
         """Delta ops turning the file ``sig`` describes into this endpoint's ``path``.
 
         Reads at most ``size`` + 1 bytes; returns (as the generator's value)
         the lstat taken afterwards, so the caller can tell a file that changed.
+        ``guarded``: the caller sends it as a guarded delta, so the final
+        Check carries no CRC (none is computed).
         """
-        yield from match(_at_most(self.read_chunks(path), size + 1), sig)
+        yield from match(_at_most(self.read_chunks(path), size + 1), sig, crc32=not guarded)
         return self.stat(path)
 
     def write_delta(

@@ -220,7 +220,7 @@ def _write_delta(
                 )
             finally:
                 aligned.close()  # a refused delta: the source's file is closed now, not at GC
-    matched = src.delta_ops(path, entry.size, sig)
+    matched = src.delta_ops(path, entry.size, sig, guarded=sig.basis is not None)
     if sig.basis is not None:
         matched = _guarded(matched, sig.basis)
     ops = _checked_delta(matched, path, entry, job, reporter)
