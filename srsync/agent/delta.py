@@ -715,8 +715,19 @@ class StagedCopy:
         return self._error is None and self._copied == self.size
 
     def release(self) -> int:
-        """The output fd, now the caller's (after a successful ``wait``)."""
+        """The output fd at its start, now the caller's (after a successful ``wait``)."""
         fd, self.out_fd = self.out_fd, -1
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def take(self, token: tuple[int, ...], beat: Callable[[], None] | None = None) -> int:
+        """For a rebuild over the old file whose basis token is now ``token``: the output fd
+        (``release``, this copy closed) when the copy is complete and the file kept the
+        token it had when the copy began; else -1 (the caller then drops the copy)."""
+        if tuple(token) != self.token or not self.wait(beat):
+            return -1
+        fd = self.release()
+        self.close()
         return fd
 
     def close(self) -> None:
@@ -853,7 +864,7 @@ def rebuild_into(
     Guarded deltas copy in the kernel (``copy_range``) and pin the old file
     by the fstat of ``basis_fd``; others go through ``pread`` and the CRC.
     ``staged``: ``out_fd`` holds a complete copy of the old file (StagedCopy),
-    written over from its start and cut to the new size at the end.
+    is at its start, is written over and cut to the new size at the end.
     Returns the size written; ValueError as for Rebuilder (install nothing).
     """
 
@@ -861,7 +872,6 @@ def rebuild_into(
         return os.pread(basis_fd, length, offset)
 
     if staged:
-        os.lseek(out_fd, 0, os.SEEK_SET)
         copy = place_staged(basis_fd, out_fd)
     else:
         def copy(offset: int, length: int) -> None:

@@ -1390,22 +1390,16 @@ class Agent:
             basis_st = os.fstat(basis_fd)
             if not matches(entry_json(basis_st, None), guard[0] if guard else None):
                 raise CallFailed(errno.EAGAIN, CHANGED, rel)
-            if (
-                staged is not None
-                and staged[0] == rel
-                and staged[1].token == basis_token(basis_st)  # the same file, unchanged since the copy began
-                and staged[1].wait(self.beat)
-            ):
-                fd, tmp = staged[1].release(), staged[2]
-                staged[1].close()
-                staged = None
-                os.lseek(fd, 0, os.SEEK_SET)
+            fd = -1
+            if staged is not None and staged[0] == rel:
+                fd = staged[1].take(basis_token(basis_st), self.beat)
+            if fd >= 0 and staged is not None:
+                tmp, staged = staged[2], None
                 copy = place_staged(basis_fd, fd)
                 in_place = True
             else:
                 if staged is not None:
-                    self.staged = staged
-                    self._unstage()
+                    self._drop(staged)
                     staged = None
                 fd, tmp = self._create_temp(final)
                 in_place = False
@@ -1414,8 +1408,7 @@ class Agent:
             if basis_fd >= 0:
                 os.close(basis_fd)
             if staged is not None:
-                self.staged = staged
-                self._unstage()
+                self._drop(staged)
             raise
         up = Upload(fd, tmp, final, args, "patch")
         up.basis_fd = basis_fd
@@ -1747,13 +1740,15 @@ class Agent:
             raise
 
     def _unstage(self) -> None:
-        if self.staged is None:
-            return
-        _, copy, tmp = self.staged
-        self.staged = None
-        copy.close()
+        staged, self.staged = self.staged, None
+        if staged is not None:
+            self._drop(staged)
+
+    @staticmethod
+    def _drop(staged: tuple[str, StagedCopy, bytes]) -> None:
+        staged[1].close()
         with _Suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(staged[2])
 
     def op_delta(self, rid: int, args: list[Any], raw: bytes) -> None:
         """Delta ops (encoded) turning the caller's old file, signed in ``raw``, into this one.

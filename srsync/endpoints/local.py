@@ -127,14 +127,12 @@ def _write_all(fd: int, data: bytes) -> None:
 class _Staged:
     """A copy of ``path``'s old file under way in the temporary file ``tmp`` of directory ``dfd``."""
 
-    __slots__ = ("path", "copy", "dfd", "dpath", "name", "tmp")
+    __slots__ = ("path", "copy", "dfd", "tmp")
 
-    def __init__(self, path: RelPath, copy: StagedCopy, dfd: int, dpath: str, name: str, tmp: str) -> None:
+    def __init__(self, path: RelPath, copy: StagedCopy, dfd: int, tmp: str) -> None:
         self.path = path
         self.copy = copy
         self.dfd = dfd
-        self.dpath = dpath
-        self.name = name
         self.tmp = tmp
 
     def discard(self) -> None:
@@ -575,7 +573,7 @@ class LocalEndpoint(Endpoint):
                 s = os.fstat(fd)
                 before = entry_from_stat(s)
                 if before is not None and before.kind is _FILE:
-                    staged = self._stage(path, dfd, dpath, name, fd, s.st_size)
+                    staged = self._stage(path, dfd, name, fd, s.st_size)
                 sig = signature_fd(fd, block, algo)
             finally:
                 os.close(fd)
@@ -586,14 +584,14 @@ class LocalEndpoint(Endpoint):
             self.drop_staged()  # it changed while it was read: no delta will use the copy
         return sig, before
 
-    def _stage(self, path: RelPath, dfd: int, dpath: str, name: str, fd: int, size: int) -> _Staged | None:
+    def _stage(self, path: RelPath, dfd: int, name: str, fd: int, size: int) -> _Staged | None:
         """Start copying the open old file ``fd`` to a temporary sibling (None where none can be made)."""
         try:
             tmp, out = self._open_temp(dfd, name)
         except OSError:
             return None  # write_delta will say why, if it comes
         try:
-            self._staged = _Staged(path, StagedCopy(fd, out, size), dfd, dpath, name, tmp)
+            self._staged = _Staged(path, StagedCopy(fd, out, size), dfd, tmp)
         except BaseException:
             os.close(out)
             with suppress(OSError):
@@ -623,18 +621,15 @@ class LocalEndpoint(Endpoint):
             s = os.fstat(basis)
             if not same_state(entry_from_stat(s), expected):
                 raise OSError(errno.EAGAIN, CHANGED, path)
-            if staged is not None and not (
-                staged.path == path
-                and staged.copy.token == basis_token(s)  # the same file, unchanged since the copy began
-                and staged.copy.wait()
-            ):
+            fd = -1
+            if staged is not None and staged.path == path:
+                fd = staged.copy.take(basis_token(s))
+            if fd < 0 and staged is not None:
                 staged.discard()
                 staged = None
             try:
                 if staged is not None:
-                    dfd, tmp, fd = staged.dfd, staged.tmp, staged.copy.release()
-                    staged.copy.close()
-                    staged = None
+                    dfd, tmp, staged = staged.dfd, staged.tmp, None
                     in_place = True
                 else:
                     dfd = self._open_dir(dpath)
