@@ -66,6 +66,19 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+class HelperHost(Protocol):
+    """Where a helper runs: an SSH connection (srsync.ssh.connection.SSHConnection), or this
+    machine (srsync.agent.pipe.LocalHelperHost)."""
+
+    label: str
+    io_timeout: float
+    near: bool  # a fast link: the compiled helper goes too (see srsync.agent.payload)
+
+    def open_command(self, command: str) -> Channel: ...
+
+    def close(self) -> None: ...
+
+
 class HelperUnavailable(Exception):
     """The helper could not be started (no python3, too old, refused): use plain SFTP instead.
 
@@ -189,14 +202,14 @@ class AgentClient:
                     while have - at >= HEADER.size:
                         kind, rid, length = HEADER.unpack_from(buf, at)
                         if length > MAX_FRAME or length < JSON_LEN.size:
-                            raise ConnectError(f"the remote helper on {self.label} sent a corrupt frame")
+                            raise ConnectError(f"the helper on {self.label} sent a corrupt frame")
                         end = at + HEADER.size + length
                         if have < end:
                             break
                         (jlen,) = JSON_LEN.unpack_from(buf, at + HEADER.size)
                         start = at + HEADER.size + JSON_LEN.size
                         if start + jlen > end:
-                            raise ConnectError(f"the remote helper on {self.label} sent a corrupt frame")
+                            raise ConnectError(f"the helper on {self.label} sent a corrupt frame")
                         meta = json.loads(bytes(view[start : start + jlen])) if jlen else None
                         raw = bytes(view[start + jlen : end]) if end > start + jlen else b""
                         at = end
@@ -216,12 +229,12 @@ class AgentClient:
         except ConnectError as exc:
             error = exc
         except Exception as exc:  # a corrupt frame: the stream cannot be trusted any more
-            error = ConnectError(f"the remote helper on {self.label} broke the protocol ({exc})")
+            error = ConnectError(f"the helper on {self.label} broke the protocol ({exc})")
         finally:
             if error is None:
                 reason = "" if self._closed else self._channel.stderr_text().strip()
                 error = ConnectError(
-                    f"the remote helper on {self.label} ended unexpectedly"
+                    f"the helper on {self.label} ended unexpectedly"
                     f"{f' ({reason.splitlines()[-1]})' if reason else ''}; retry later"
                 )
             self._dead = error
@@ -357,7 +370,7 @@ class AgentClient:
     def result(self, call: Call) -> Reply:
         """Wait for a call's DONE (ITEMs are not expected); FAIL raises its OSError."""
         for _ in self.items(call):
-            raise ConnectError(f"the remote helper on {self.label} sent an unexpected item")
+            raise ConnectError(f"the helper on {self.label} sent an unexpected item")
         return Reply(call.final, b"")
 
     def result_raw(self, call: Call) -> Reply:
@@ -365,7 +378,7 @@ class AgentClient:
         if kind == FAIL:
             raise call_error(meta)
         if kind != DONE:
-            raise ConnectError(f"the remote helper on {self.label} sent an unexpected item")
+            raise ConnectError(f"the helper on {self.label} sent an unexpected item")
         return Reply(meta, raw)
 
     def items(self, call: Call) -> Iterator[Reply]:

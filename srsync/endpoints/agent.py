@@ -29,7 +29,14 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, cast
 
-from srsync.agent.client import AgentClient, Call, HelperUnavailable, call_error, start_client
+from srsync.agent.client import (
+    AgentClient,
+    Call,
+    HelperHost,
+    HelperUnavailable,
+    call_error,
+    start_client,
+)
 from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, encode_ops
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IgnoreRules
@@ -46,7 +53,7 @@ from srsync.endpoints.hashing import digest_chunks
 from srsync.endpoints.striped import StripedFile, StripedUploads
 from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec
-from srsync.ssh.connection import SSHConnection, connect
+from srsync.ssh.connection import connect
 
 __all__ = ["AgentEndpoint", "HelperUnavailable", "open_agent_endpoint"]
 
@@ -257,13 +264,17 @@ class _Reader(io.RawIOBase):
 
 
 class AgentEndpoint(Endpoint):
-    """A root directory on an SSH server, served by a python3 helper on that server."""
+    """A root directory on an SSH server, served by a python3 helper on that server.
+
+    (Or on this machine, by the same helper run as a child process: how a local
+    endpoint applies a long batch of small steps; see ``LocalEndpoint.apply_steps``.)
+    """
 
     capabilities = Capabilities(mtime_precision_ns=1, remote=True, remote_helper=True, summaries=True)
 
     def __init__(
         self,
-        conn: SSHConnection,
+        conn: HelperHost,
         root: str,
         *,
         python: str = "python3",
@@ -305,7 +316,7 @@ class AgentEndpoint(Endpoint):
         return f"{self._conn.label}:{self.root}"
 
     @property
-    def connection(self) -> SSHConnection:
+    def connection(self) -> HelperHost:
         return self._conn
 
     def _rel(self, path: RelPath) -> str:
@@ -361,9 +372,9 @@ class AgentEndpoint(Endpoint):
                 try:
                     used = _decode_dirs(part["d"], item.raw, entries)
                 except (ValueError, TypeError, StopIteration) as exc:
-                    raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan ({exc})") from exc
+                    raise ConnectError(f"the helper on {self._conn.label} sent a corrupt scan ({exc})") from exc
                 if used != len(item.raw):
-                    raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan")
+                    raise ConnectError(f"the helper on {self._conn.label} sent a corrupt scan")
                 for rel in part["g"]:
                     entries.pop(rel, None)
                     if gone is not None:
@@ -374,7 +385,7 @@ class AgentEndpoint(Endpoint):
                 disk_names.update(part["n"])
                 for rel_dir, hidden in part.get("q", ()):
                     if not isinstance(rel_dir, str) or not isinstance(hidden, int) or rel_dir not in wanted:
-                        raise ConnectError(f"the remote helper on {self._conn.label} sent a corrupt scan")
+                        raise ConnectError(f"the helper on {self._conn.label} sent a corrupt scan")
                     result.quiet[rel_dir] = hidden
         final = call.final or {}
         result.root_exists = bool(final.get("root_exists"))
@@ -454,11 +465,11 @@ class AgentEndpoint(Endpoint):
                 else:
                     out.append((data, entry_from_json(st)))
             if at != len(raw):
-                raise ConnectError(f"the remote helper on {self._conn.label} sent mismatched file contents")
+                raise ConnectError(f"the helper on {self._conn.label} sent mismatched file contents")
             got += len(out)
             yield from out
         if got != count:
-            raise ConnectError(f"the remote helper on {self._conn.label} skipped files")
+            raise ConnectError(f"the helper on {self._conn.label} skipped files")
 
     # ---- writing -------------------------------------------------------
     def ensure_root(self) -> None:
@@ -866,7 +877,7 @@ class AgentEndpoint(Endpoint):
         for item in self._client.items(call):
             yield from decoder.feed(item.raw)
         if not decoder.done:
-            raise ConnectError(f"the remote helper on {self._conn.label} sent an incomplete delta")
+            raise ConnectError(f"the helper on {self._conn.label} sent an incomplete delta")
         return entry_from_json(call.final["st"])
 
     def write_delta(

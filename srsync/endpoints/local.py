@@ -20,9 +20,11 @@ methods.  They keep the same invariants:
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat as st
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, suppress
 from typing import BinaryIO, cast
@@ -61,6 +63,7 @@ from srsync.endpoints.base import (
     same_state,
 )
 from srsync.endpoints.hashing import FD_CHUNK, digest_fd
+from srsync.errors import ConnectError
 
 _FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
 _LINK_STEP, _META_STEP = StepKind.LINK, StepKind.META
@@ -81,8 +84,22 @@ _ACCESS_AT = os.access in os.supports_dir_fd and os.access in os.supports_follow
 # where the name is taken: an install that can never replace anything (Linux)
 _TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | _CLOEXEC
 _TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.path.isdir("/proc/self/fd")
+# A long batch of small steps is applied by the helper run as a child process
+# (srsync.agent.pipe): its system calls (~22 us a new small file) then run beside
+# this process's reading and decoding.  Long means: this many small writes among
+# the first HELPER_PEEK_STEPS steps (a new tree's directories come first) and
+# HELPER_PEEK_BYTES of their content.  Starting the child costs ~30 ms (~100 ms
+# where nothing imported paramiko yet), what ~4000 files' calls cost.
+HELPER_WRITES = 4096
+HELPER_PEEK_STEPS = 16384
+HELPER_PEEK_BYTES = 32 * 1024 * 1024
+LOCAL_HELPER_ENV = "SRSYNC_LOCAL_HELPER"  # "off": every step in this process
 _UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
 _TWINS = "two names differ only in Unicode normalisation; both skipped"
+
+
+def _local_helper_allowed() -> bool:
+    return os.environ.get(LOCAL_HELPER_ENV, "").strip().lower() not in ("off", "no", "0", "false")
 
 
 def temp_name(final_name: str) -> str:
@@ -163,6 +180,7 @@ class LocalEndpoint(Endpoint):
         self._top_names: list[str] = []  # the root's first names, for the case probe
         # the old file being copied for the write_delta that follows (block_signature stage=True)
         self._staged: _Staged | None = None
+        self.helper_batches = 0  # batches applied by a helper started here (apply_steps)
 
     @property
     def description(self) -> str:
@@ -908,7 +926,52 @@ class LocalEndpoint(Endpoint):
 
     # ---- batches -----------------------------------------------------------
     def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
-        """``Endpoint.apply_steps`` with the guards of ``Endpoint._apply_step``.
+        """``Endpoint.apply_steps``: a long batch of small steps through a helper started
+        here (see HELPER_WRITES), any other in this process (``_apply_here``).
+
+        The helper applies the same steps with the same guards, temporary names
+        and results a remote one does; where it cannot start, this process does.
+        """
+        rest = iter(steps)
+        head: list[Step] = []
+        if _local_helper_allowed() and not self._disk_names:
+            writes = size = 0
+            write = StepKind.WRITE
+            for step in rest:
+                head.append(step)
+                if step.kind is write and step.chunks is None:
+                    writes += 1
+                    size += len(step.data or b"")
+                    if writes >= HELPER_WRITES or size >= HELPER_PEEK_BYTES:
+                        break
+                if len(head) >= HELPER_PEEK_STEPS:
+                    break
+            if writes >= HELPER_WRITES:
+                helper = self._start_helper()
+                if helper is not None:
+                    self.helper_batches += 1
+                    try:
+                        yield from helper.apply_steps(itertools.chain(head, rest))
+                    finally:
+                        helper.close()
+                    return
+        yield from self._apply_here(itertools.chain(head, rest) if head else rest)
+
+    def _start_helper(self) -> Endpoint | None:
+        """The helper serving this root as a child process, or None where it cannot start."""
+        if not sys.executable:
+            return None
+        from srsync.agent.client import HelperUnavailable
+        from srsync.agent.pipe import LocalHelperHost
+        from srsync.endpoints.agent import AgentEndpoint
+
+        try:
+            return AgentEndpoint(LocalHelperHost(), self.root, python=sys.executable)
+        except (HelperUnavailable, ConnectError, OSError):
+            return None
+
+    def _apply_here(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
+        """``Endpoint.apply_steps`` in this process, with the guards of ``Endpoint._apply_step``.
 
         Writes into one directory share an fd for it (opened never through a
         symlink below the root); any step other than a WRITE or MKDIR drops

@@ -1,0 +1,212 @@
+"""A local endpoint applies a long batch of small steps through the helper run as a child
+process (srsync.agent.pipe): same results and guards as in this process, nothing left running."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import local_job, make_tree, remote_job, run, tree_state
+
+from srsync.agent import pipe
+from srsync.core.entry import Entry, Kind
+from srsync.endpoints import local as local_mod
+from srsync.endpoints.base import Step, StepKind
+from srsync.endpoints.local import LocalEndpoint
+from srsync.jobspec import Location
+
+T0 = 1_600_000_000_123_456_789
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRSYNC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv(local_mod.LOCAL_HELPER_ENV, raising=False)
+
+
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[pipe.PipeChannel]:
+    """Every local helper started (its channel), to check it ran and was reaped."""
+    started: list[pipe.PipeChannel] = []
+    real = pipe.LocalHelperHost.open_command
+
+    def spy(self: pipe.LocalHelperHost, command: str) -> pipe.PipeChannel:
+        channel = real(self, command)
+        started.append(channel)
+        return channel
+
+    monkeypatch.setattr(pipe.LocalHelperHost, "open_command", spy)
+    return started
+
+
+def _reaped(channel: pipe.PipeChannel) -> bool:
+    return channel._proc.poll() is not None
+
+
+def _steps(n_dirs: int, per_dir: int) -> list[Step]:
+    """A new tree: directories first, then small files of assorted modes and a symlink each."""
+    out = [Step(StepKind.MKDIR, f"d{i}", None, Entry(Kind.DIR, 0, T0, 0o750)) for i in range(n_dirs)]
+    for i in range(n_dirs):
+        for j in range(per_dir):
+            data = f"{i}/{j}".encode() * (j % 7)
+            mode = 0o755 if j % 5 == 0 else 0o640
+            out.append(Step(StepKind.WRITE, f"d{i}/f{j}", None, Entry(Kind.FILE, len(data), T0 + j, mode), True, data))
+        out.append(Step(StepKind.LINK, f"d{i}/link", None, Entry(Kind.LINK, 0, 0, 0, "f0")))
+    return out
+
+
+def test_long_batch_runs_in_a_child_helper_with_the_same_results(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = _steps(10, local_mod.HELPER_WRITES // 10 + 10)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+
+    monkeypatch.setenv(local_mod.LOCAL_HELPER_ENV, "off")
+    ep = LocalEndpoint(str(here))
+    assert [r for r in ep.apply_steps(iter(steps)) if isinstance(r, OSError)] == []
+    assert ep.helper_batches == 0 and children == []
+
+    monkeypatch.delenv(local_mod.LOCAL_HELPER_ENV)
+    ep = LocalEndpoint(str(there))
+    results = list(ep.apply_steps(iter(steps)))
+    assert len(results) == len(steps)
+    assert [r for r in results if isinstance(r, OSError)] == []
+    assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
+
+    assert tree_state(there) == tree_state(here)
+    # nanosecond mtimes and exact modes, as asked
+    s = os.lstat(there / "d3" / "f5")
+    assert s.st_mtime_ns == T0 + 5 and s.st_mode & 0o7777 == 0o755
+    assert os.lstat(there / "d3").st_mode & 0o7777 == 0o750
+    assert os.readlink(there / "d9" / "link") == "f0"
+    assert not [p for p in there.rglob("*") if p.name.startswith(".srsync")]  # no temporary left
+
+
+def test_short_batch_stays_in_this_process(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
+    ep = LocalEndpoint(str(tmp_path))
+    steps = _steps(2, 50)
+    assert [r for r in ep.apply_steps(iter(steps)) if isinstance(r, OSError)] == []
+    assert ep.helper_batches == 0 and children == []
+    assert (tmp_path / "d1" / "f49").read_bytes() == b"1/49" * (49 % 7)
+
+
+def test_helper_keeps_the_guards(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name taken since the scan, and a file changed since, are reported and left as they are."""
+    monkeypatch.setattr(local_mod, "HELPER_WRITES", 20)
+    (tmp_path / "taken").write_bytes(b"someone else's")
+    (tmp_path / "old").write_bytes(b"old")
+    old = LocalEndpoint(str(tmp_path)).stat("old")
+    assert old is not None
+    (tmp_path / "old").write_bytes(b"changed since the scan")
+    new = Entry(Kind.FILE, 3, T0, 0o644)
+    steps = [Step(StepKind.WRITE, f"n{i}", None, new, True, b"new") for i in range(30)]
+    steps.insert(10, Step(StepKind.WRITE, "taken", None, new, True, b"new"))
+    steps.insert(20, Step(StepKind.WRITE, "old", old, new, True, b"new"))
+    ep = LocalEndpoint(str(tmp_path))
+    results = list(ep.apply_steps(iter(steps)))
+    assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
+    errors = {steps[i].path: r for i, r in enumerate(results) if isinstance(r, OSError)}
+    assert set(errors) == {"taken", "old"}
+    assert all(e.errno == errno.EAGAIN for e in errors.values())
+    assert (tmp_path / "taken").read_bytes() == b"someone else's"
+    assert (tmp_path / "old").read_bytes() == b"changed since the scan"
+    assert all((tmp_path / f"n{i}").read_bytes() == b"new" for i in range(30))
+
+
+@pytest.mark.parametrize("python", ["", "/nonexistent/python3", "/bin/false"])
+def test_no_helper_means_this_process(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch, python: str
+) -> None:
+    """No interpreter, a missing one, or one that fails: the batch is applied here, all of it."""
+    monkeypatch.setattr(local_mod, "HELPER_WRITES", 20)
+    monkeypatch.setattr(sys, "executable", python)
+    steps = _steps(3, 20)
+    ep = LocalEndpoint(str(tmp_path))
+    results = list(ep.apply_steps(iter(steps)))
+    assert len(results) == len(steps) and not [r for r in results if isinstance(r, OSError)]
+    assert ep.helper_batches == 0
+    assert all(_reaped(c) for c in children)
+    assert (tmp_path / "d2" / "f19").read_bytes() == b"2/19" * (19 % 7)
+
+
+def test_abandoned_batch_stops_the_helper_and_tears_nothing(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller stops part way (Ctrl-C, a failed source): the child is reaped, and every
+    file at its final name is whole."""
+    monkeypatch.setattr(local_mod, "HELPER_WRITES", 20)
+    body = os.urandom(50_000)
+    steps = [Step(StepKind.WRITE, f"f{i}", None, Entry(Kind.FILE, len(body), T0, 0o644), True, body)
+             for i in range(400)]
+    ep = LocalEndpoint(str(tmp_path))
+    results = ep.apply_steps(iter(steps))
+    for _ in range(5):
+        assert not isinstance(next(results), OSError)
+    results.close()
+    assert len(children) == 1 and _reaped(children[0])
+    names = [p for p in tmp_path.iterdir() if not p.name.startswith(".srsync")]
+    assert len(names) >= 5
+    assert all(p.read_bytes() == body for p in names)
+
+
+def _big_tree(n: int) -> dict[str, bytes | str | None]:
+    tree: dict[str, bytes | str | None] = {f"d{i % 40}/f{i}": str(i).encode() * (i % 13) for i in range(n)}
+    tree["d0/link"] = "->f0"
+    tree["empty"] = None
+    return tree
+
+
+@pytest.mark.parametrize("direction", ["local-local", "pull"])
+def test_sync_of_many_small_files(
+    direction: str, sshd: Any, tmp_path: Path, children: list[pipe.PipeChannel]
+) -> None:
+    """A first sync to a local target of more small files than HELPER_WRITES (over the test
+    sshd for a pull): the local helper writes them; a second run finds nothing to do."""
+    m, t = tmp_path / "mirror", tmp_path / "target"
+    make_tree(m, _big_tree(local_mod.HELPER_WRITES + 500))
+    os.chmod(m / "d3" / "f3", 0o600)
+    if direction == "pull":
+        job = remote_job(Location(str(m), sshd.conn_spec()), Location(str(t)))
+    else:
+        job = local_job(m, t)
+    r = run(job)
+    assert r.exit_code == 0, (r.error, r.pairs)
+    assert tree_state(t) == tree_state(m)
+    assert len(children) == 1 and _reaped(children[0])
+    r = run(job)
+    plan = r.pairs[0].plan
+    assert r.exit_code == 0 and plan is not None and plan.empty, plan
+
+
+def test_helper_started_here_reports_a_dead_child_as_an_error(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child killed mid-batch: the caller gets ConnectError (the run fails, to be
+    finished by the next one), never a hang, and no file is torn."""
+    from srsync.errors import ConnectError
+
+    monkeypatch.setattr(local_mod, "HELPER_WRITES", 20)
+    body = os.urandom(20_000)
+
+    def steps() -> Iterator[Step]:
+        for i in range(3000):
+            if i == 200:
+                children[0]._proc.kill()
+            yield Step(StepKind.WRITE, f"f{i}", None, Entry(Kind.FILE, len(body), T0, 0o644), True, body)
+
+    ep = LocalEndpoint(str(tmp_path))
+    with pytest.raises(ConnectError, match="helper on this machine"):
+        for _ in ep.apply_steps(steps()):
+            pass
+    assert _reaped(children[0])
+    names = [p for p in tmp_path.iterdir() if not p.name.startswith(".srsync")]
+    assert all(p.read_bytes() == body for p in names)
