@@ -1,5 +1,6 @@
-"""A local endpoint applies a long batch of small steps through the helper run as a child
-process (srsync.agent.pipe): same results and guards as in this process, nothing left running."""
+"""A local endpoint applies a long batch of small files (announced by expect_writes) through
+the helper run as a child process (srsync.agent.pipe): same results and guards as in this
+process, nothing left running."""
 
 from __future__ import annotations
 
@@ -68,13 +69,16 @@ def test_long_batch_runs_in_a_child_helper_with_the_same_results(
     here.mkdir()
     there.mkdir()
 
+    files = sum(s.kind is StepKind.WRITE for s in steps)
     monkeypatch.setenv(local_mod.LOCAL_HELPER_ENV, "off")
     ep = LocalEndpoint(str(here))
+    ep.expect_writes(files)
     assert [r for r in ep.apply_steps(iter(steps)) if isinstance(r, OSError)] == []
     assert ep.helper_batches == 0 and children == []
 
     monkeypatch.delenv(local_mod.LOCAL_HELPER_ENV)
     ep = LocalEndpoint(str(there))
+    ep.expect_writes(files)
     results = list(ep.apply_steps(iter(steps)))
     assert len(results) == len(steps)
     assert [r for r in results if isinstance(r, OSError)] == []
@@ -89,12 +93,29 @@ def test_long_batch_runs_in_a_child_helper_with_the_same_results(
     assert not [p for p in there.rglob("*") if p.name.startswith(".srsync")]  # no temporary left
 
 
-def test_short_batch_stays_in_this_process(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
+@pytest.mark.parametrize("announced", [None, 100])
+def test_short_or_unannounced_batch_stays_in_this_process(
+    tmp_path: Path, children: list[pipe.PipeChannel], announced: int | None
+) -> None:
     ep = LocalEndpoint(str(tmp_path))
-    steps = _steps(2, 50)
+    steps = _steps(2, 50) if announced else _steps(2, local_mod.HELPER_WRITES // 2 + 1)
+    if announced:
+        ep.expect_writes(announced)
     assert [r for r in ep.apply_steps(iter(steps)) if isinstance(r, OSError)] == []
     assert ep.helper_batches == 0 and children == []
     assert (tmp_path / "d1" / "f49").read_bytes() == b"1/49" * (49 % 7)
+
+
+def test_unused_helper_is_ended(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
+    """A second announcement replaces the first one's helper, and closing the endpoint ends
+    one that no batch took."""
+    ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(local_mod.HELPER_WRITES)
+    ep.expect_writes(local_mod.HELPER_WRITES)
+    assert len(children) == 1 or (len(children) == 2 and _reaped(children[0]))
+    ep.close()
+    assert len(children) == 2 and all(_reaped(c) for c in children)
+    assert ep.helper_batches == 0 and list(tmp_path.iterdir()) == []
 
 
 def test_helper_keeps_the_guards(
@@ -112,6 +133,7 @@ def test_helper_keeps_the_guards(
     steps.insert(10, Step(StepKind.WRITE, "taken", None, new, True, b"new"))
     steps.insert(20, Step(StepKind.WRITE, "old", old, new, True, b"new"))
     ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(len(steps))
     results = list(ep.apply_steps(iter(steps)))
     assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
     errors = {steps[i].path: r for i, r in enumerate(results) if isinstance(r, OSError)}
@@ -131,6 +153,7 @@ def test_no_helper_means_this_process(
     monkeypatch.setattr(sys, "executable", python)
     steps = _steps(3, 20)
     ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(60)
     results = list(ep.apply_steps(iter(steps)))
     assert len(results) == len(steps) and not [r for r in results if isinstance(r, OSError)]
     assert ep.helper_batches == 0
@@ -148,6 +171,7 @@ def test_abandoned_batch_stops_the_helper_and_tears_nothing(
     steps = [Step(StepKind.WRITE, f"f{i}", None, Entry(Kind.FILE, len(body), T0, 0o644), True, body)
              for i in range(400)]
     ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(len(steps))
     results = ep.apply_steps(iter(steps))
     for _ in range(5):
         assert not isinstance(next(results), OSError)
@@ -204,6 +228,7 @@ def test_helper_started_here_reports_a_dead_child_as_an_error(
             yield Step(StepKind.WRITE, f"f{i}", None, Entry(Kind.FILE, len(body), T0, 0o644), True, body)
 
     ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(3000)
     with pytest.raises(ConnectError, match="helper on this machine"):
         for _ in ep.apply_steps(steps()):
             pass

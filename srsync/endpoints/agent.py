@@ -53,7 +53,6 @@ from srsync.endpoints.hashing import digest_chunks
 from srsync.endpoints.striped import StripedFile, StripedUploads
 from srsync.errors import ConnectError
 from srsync.jobspec import ConnSpec
-from srsync.ssh.connection import connect
 
 __all__ = ["AgentEndpoint", "HelperUnavailable", "open_agent_endpoint"]
 
@@ -979,6 +978,9 @@ def open_agent_endpoint(
 
     Raises HelperUnavailable when the server cannot run the helper.
     """
+    # (imported here: a local endpoint's helper, srsync.agent.pipe, needs no SSH)
+    from srsync.ssh.connection import connect
+
     conn = connect(spec)
     try:
         return AgentEndpoint(conn, root, python=python, owns_connection=True, streams=streams)

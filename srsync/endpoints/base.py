@@ -284,6 +284,13 @@ class Endpoint(abc.ABC):
             except OSError as exc:
                 yield exc
 
+    def expect_writes(self, count: int) -> None:
+        """A hint: the next ``apply_steps`` brings about ``count`` small files to write.
+
+        An endpoint may get ready for it meanwhile (a local one starts a helper
+        process for a long batch); the default ignores it.
+        """
+
     def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
         """Apply guarded steps in order; yields per step the written Entry (WRITE), None, or the OSError.
 

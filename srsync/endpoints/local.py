@@ -20,12 +20,13 @@ methods.  They keep the same invariants:
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import secrets
 import stat as st
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, suppress
 from typing import BinaryIO, cast
 
@@ -84,15 +85,13 @@ _ACCESS_AT = os.access in os.supports_dir_fd and os.access in os.supports_follow
 # where the name is taken: an install that can never replace anything (Linux)
 _TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | _CLOEXEC
 _TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.path.isdir("/proc/self/fd")
-# A long batch of small steps is applied by the helper run as a child process
+# A long batch of small files is written by the helper run as a child process
 # (srsync.agent.pipe): its system calls (~22 us a new small file) then run beside
-# this process's reading and decoding.  Long means: this many small writes among
-# the first HELPER_PEEK_STEPS steps (a new tree's directories come first) and
-# HELPER_PEEK_BYTES of their content.  Starting the child costs ~30 ms (~100 ms
-# where nothing imported paramiko yet), what ~4000 files' calls cost.
+# this process's reading and decoding.  Long: at least HELPER_WRITES files, as
+# announced by expect_writes (the executor knows a batch's files before reading
+# them), so the child starts (~30 ms; the calls of ~1500 files) while the first
+# contents are being read.
 HELPER_WRITES = 4096
-HELPER_PEEK_STEPS = 16384
-HELPER_PEEK_BYTES = 32 * 1024 * 1024
 LOCAL_HELPER_ENV = "SRSYNC_LOCAL_HELPER"  # "off": every step in this process
 _UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
 _TWINS = "two names differ only in Unicode normalisation; both skipped"
@@ -180,6 +179,7 @@ class LocalEndpoint(Endpoint):
         self._top_names: list[str] = []  # the root's first names, for the case probe
         # the old file being copied for the write_delta that follows (block_signature stage=True)
         self._staged: _Staged | None = None
+        self._helper: Future[Endpoint | None] | None = None  # started by expect_writes
         self.helper_batches = 0  # batches applied by a helper started here (apply_steps)
 
     @property
@@ -676,6 +676,7 @@ class LocalEndpoint(Endpoint):
 
     def close(self) -> None:
         self.drop_staged()
+        self._drop_helper()
 
     def ensure_root(self) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -925,37 +926,46 @@ class LocalEndpoint(Endpoint):
             raise
 
     # ---- batches -----------------------------------------------------------
-    def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
-        """``Endpoint.apply_steps``: a long batch of small steps through a helper started
-        here (see HELPER_WRITES), any other in this process (``_apply_here``).
+    def expect_writes(self, count: int) -> None:
+        """Start a helper in the background for a batch of at least HELPER_WRITES files;
+        the next ``apply_steps`` hands it every step."""
+        if count < HELPER_WRITES or self._disk_names or not _local_helper_allowed():
+            return
+        self._drop_helper()
+        pending: Future[Endpoint | None] = Future()
 
-        The helper applies the same steps with the same guards, temporary names
-        and results a remote one does; where it cannot start, this process does.
+        def start() -> None:
+            try:
+                pending.set_result(self._start_helper())
+            except BaseException:  # (_start_helper catches what it expects) then applied here
+                pending.set_result(None)
+
+        self._helper = pending
+        threading.Thread(target=start, name="local-helper", daemon=True).start()
+
+    def _drop_helper(self) -> None:
+        pending, self._helper = self._helper, None
+        helper = pending.result() if pending is not None else None
+        if helper is not None:
+            helper.close()
+
+    def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
+        """``Endpoint.apply_steps``: through the helper that ``expect_writes`` started,
+        else in this process (``_apply_here``).
+
+        The helper applies the steps with the same guards, temporary names and
+        results as a remote one; where it did not start, this process does.
         """
-        rest = iter(steps)
-        head: list[Step] = []
-        if _local_helper_allowed() and not self._disk_names:
-            writes = size = 0
-            write = StepKind.WRITE
-            for step in rest:
-                head.append(step)
-                if step.kind is write and step.chunks is None:
-                    writes += 1
-                    size += len(step.data or b"")
-                    if writes >= HELPER_WRITES or size >= HELPER_PEEK_BYTES:
-                        break
-                if len(head) >= HELPER_PEEK_STEPS:
-                    break
-            if writes >= HELPER_WRITES:
-                helper = self._start_helper()
-                if helper is not None:
-                    self.helper_batches += 1
-                    try:
-                        yield from helper.apply_steps(itertools.chain(head, rest))
-                    finally:
-                        helper.close()
-                    return
-        yield from self._apply_here(itertools.chain(head, rest) if head else rest)
+        pending, self._helper = self._helper, None
+        helper = pending.result() if pending is not None else None
+        if helper is None:
+            yield from self._apply_here(steps)
+            return
+        self.helper_batches += 1
+        try:
+            yield from helper.apply_steps(steps)
+        finally:
+            helper.close()
 
     def _start_helper(self) -> Endpoint | None:
         """The helper serving this root as a child process, or None where it cannot start."""

@@ -406,8 +406,9 @@ def _apply_run(
     stop: Event,
 ) -> Iterator[tuple[Operation, Outcome]]:
     dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
-    contents = src.read_files([FileRead(op.path, op.entry.size) for op in run
-                               if op.kind is _COPY and op.entry is not None])
+    wanted = [FileRead(op.path, op.entry.size) for op in run if op.kind is _COPY and op.entry is not None]
+    dest.expect_writes(len(wanted))
+    contents = src.read_files(wanted)
     slots: deque[_Slot] = deque()
     # bytes read are reported in batches: one hook call per file costs more than the copy
     unreported = 0
