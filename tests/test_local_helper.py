@@ -83,6 +83,7 @@ def test_long_batch_runs_in_a_child_helper_with_the_same_results(
     assert len(results) == len(steps)
     assert [r for r in results if isinstance(r, OSError)] == []
     assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
+    assert children[0].pid not in (os.getpid(), os.getpgid(0))
 
     assert tree_state(there) == tree_state(here)
     # nanosecond mtimes and exact modes, as asked
@@ -104,6 +105,19 @@ def test_short_or_unannounced_batch_stays_in_this_process(
     assert [r for r in ep.apply_steps(iter(steps)) if isinstance(r, OSError)] == []
     assert ep.helper_batches == 0 and children == []
     assert (tmp_path / "d1" / "f49").read_bytes() == b"1/49" * (49 % 7)
+
+
+def test_terminal_interrupt_does_not_reach_the_helper(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
+    """The child is in a session of its own: a Ctrl-C for srsync's process group leaves
+    it running until srsync closes it."""
+    ep = LocalEndpoint(str(tmp_path))
+    ep.expect_writes(local_mod.HELPER_WRITES)
+    pending = ep._helper
+    assert pending is not None and pending.result() is not None  # started
+    assert len(children) == 1
+    assert os.getsid(children[0].pid) == children[0].pid != os.getsid(0)
+    ep.close()
+    assert _reaped(children[0])
 
 
 def test_unused_helper_is_ended(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:

@@ -16,7 +16,11 @@ Invariants:
   writes only below the root it is given, as a remote helper does.
 * Closing the channel closes the child's stdin (the helper then exits) and
   reaps it; one that does not exit within ``EXIT_WAIT`` seconds is killed.
+  If srsync itself dies, the child reads the end of its input and exits.
   Nothing outlives the endpoint that started it.
+* The child runs in its own session, so the terminal's Ctrl-C (sent to the
+  whole foreground process group) stops srsync the usual way, between steps,
+  instead of killing the helper in the middle of a batch.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class PipeChannel:
                 stdout=subprocess.PIPE,
                 stderr=self._err,
                 close_fds=True,
+                # its own session: a Ctrl-C at the terminal reaches srsync, which stops
+                # between steps and then closes the helper, not the helper mid-batch
+                start_new_session=True,
             )
         except OSError as exc:
             self._err.close()
