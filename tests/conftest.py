@@ -72,6 +72,23 @@ def agent_endpoint_factory(sshd: SSHD) -> Iterator[Callable[..., AgentEndpoint]]
 
 
 @pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem (tmpfs), mounted for the test and unmounted after."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {proc.stderr.strip()}")
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({proc.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
 def immutable() -> Iterator[Callable[[Path], None]]:
     """Marks paths immutable (chattr +i: refuses writes, renames and deletes even to root),
     undone at the end; fails in CI where chattr is missing, skips loudly elsewhere."""

@@ -4,8 +4,6 @@ its old version stays intact, the rest of the run completes, exit code 3."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +12,6 @@ import reliability_report as report
 from helpers import make_tree, remote_job, run
 
 from srsync.jobspec import Location
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB filesystem (tmpfs), mounted for the test and unmounted after."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {proc.stderr.strip()}")
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({proc.stderr.strip()})")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("how", ["local", "helper", "sftp"])

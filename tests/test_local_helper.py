@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,26 @@ def test_helper_started_here_reports_a_dead_child_as_an_error(
     assert _reaped(children[0])
     names = [p for p in tmp_path.iterdir() if not p.name.startswith(".srsync")]
     assert all(p.read_bytes() == body for p in names)
+
+
+def test_full_local_disk_through_the_helper(small_disk: Path, tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
+    """A first copy of more small files than a 2 MiB filesystem holds: what fits is written
+    whole, every file that does not is reported, the run ends with exit code 3, and a
+    second run after space is freed finishes the job."""
+    m, t = tmp_path / "mirror", small_disk / "t"
+    tree: dict[str, bytes | str | None] = {f"d{i % 10}/f{i:05d}": b"%05d" % i * 120 for i in range(local_mod.HELPER_WRITES + 200)}
+    make_tree(m, tree)
+    job = local_job(m, t)
+    r = run(job)
+    assert r.exit_code == 3, (r.error, r.pairs)
+    assert len(children) == 1 and _reaped(children[0])
+    problems = r.pairs[0].problems
+    written = [p for p in t.rglob("f*") if p.is_file()]
+    assert written and problems and len(written) + len(problems) == len(tree)
+    assert all("space" in p.message.lower() or "full" in p.message.lower() for p in problems), problems[0]
+    assert all(p.read_bytes() == tree[str(p.relative_to(t))] for p in written)  # nothing torn
+    assert not [p for p in t.rglob(".srsync*")]  # no temporary left behind
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    r = run(job)
+    assert r.exit_code == 0, (r.error, r.pairs)
+    assert tree_state(t) == tree_state(m)
