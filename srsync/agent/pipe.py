@@ -139,7 +139,6 @@ class LocalHelperHost:
 
     label = LABEL
     near = True  # the compiled helper goes too: it saves the child compiling it
-    timeout = IO_TIMEOUT
     io_timeout = IO_TIMEOUT
 
     def open_command(self, command: str) -> PipeChannel:

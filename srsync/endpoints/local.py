@@ -943,9 +943,13 @@ class LocalEndpoint(Endpoint):
         self._helper = pending
         threading.Thread(target=start, name="local-helper", daemon=True).start()
 
-    def _drop_helper(self) -> None:
+    def _take_helper(self) -> Endpoint | None:
+        """The helper ``expect_writes`` started (once it is up), now the caller's; None if none."""
         pending, self._helper = self._helper, None
-        helper = pending.result() if pending is not None else None
+        return pending.result() if pending is not None else None
+
+    def _drop_helper(self) -> None:
+        helper = self._take_helper()
         if helper is not None:
             helper.close()
 
@@ -956,8 +960,7 @@ class LocalEndpoint(Endpoint):
         The helper applies the steps with the same guards, temporary names and
         results as a remote one; where it did not start, this process does.
         """
-        pending, self._helper = self._helper, None
-        helper = pending.result() if pending is not None else None
+        helper = self._take_helper()
         if helper is None:
             yield from self._apply_here(steps)
             return
