@@ -191,3 +191,21 @@ def test_hostile_names_never_escape_the_root(hostile_server: ConnSpec, tmp_path:
     for bad in ("link-out", "link-up", "not allowed"):
         assert bad in messages, messages
 
+
+
+def test_a_refused_helper_is_told_from_its_answer(hostile_server: ConnSpec, tmp_path: Path) -> None:
+    # A server that turns the exec request down: the client says so (and the
+    # registry then uses SFTP on that connection), the connection stays usable.
+    from srsync.agent.client import HelperUnavailable, start_client
+    from srsync.ssh.connection import connect
+
+    conn = connect(hostile_server)
+    try:
+        with pytest.raises(HelperUnavailable, match="refused to run the helper") as caught:
+            start_client(conn.open_command, conn.label, conn.io_timeout, "python3")
+        assert not caught.value.not_found
+        # the connection is fine: SFTP serves the root
+        assert conn.transport_alive()
+        assert "good.txt" in [name for name, _ in conn.open_sftp().listdir("/root")]
+    finally:
+        conn.close()

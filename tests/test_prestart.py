@@ -52,6 +52,55 @@ def test_prestarted_connection_and_helper_serve_the_endpoint(sshd: SSHD, tmp_pat
         assert set(other.scan(IgnoreRules()).entries) == {"b"}
 
 
+def test_prestarted_helper_is_asked_for_its_root_at_once(
+    sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The greeting and the root go with the program: the endpoint on that root asks
+    nothing more; one on another root asks for its own, and gets it."""
+    from srsync.agent.client import AgentClient
+
+    make_tree(tmp_path / "one", {"a": b"x"})
+    make_tree(tmp_path / "two", {"b": b"y"})
+    spec = sshd.conn_spec()
+    sent: list[tuple[int, str, list[object]]] = []
+    real_call = AgentClient.call
+
+    def spy(self: AgentClient, op: str, args: list[object], raw: bytes = b"") -> object:
+        sent.append((id(self), op, args))
+        return real_call(self, op, args, raw)
+
+    monkeypatch.setattr(AgentClient, "call", spy)
+    with EndpointPool() as pool:
+        pool.prestart(spec, str(tmp_path / "one"))
+        ep = pool.open(Location(str(tmp_path / "one"), spec))
+        assert isinstance(ep, AgentEndpoint)
+        # sent before the helper answered anything, and not again by the endpoint
+        assert [op for _, op, _ in sent] == ["hello", "root"]
+        assert ep.root == str(tmp_path / "one")
+        assert set(ep.scan(IgnoreRules()).entries) == {"a"}
+
+        sent.clear()
+        pool.prestart(spec, str(tmp_path / "one"))  # same host: nothing new
+        other = pool.open(Location(str(tmp_path / "two"), spec))
+        assert isinstance(other, AgentEndpoint)
+        assert [op for _, op, _ in sent if op != "scan"] == ["hello", "root"]
+        assert other.root == str(tmp_path / "two")
+        assert set(other.scan(IgnoreRules()).entries) == {"b"}
+
+    sent.clear()
+    with EndpointPool() as pool:
+        # started ahead for one root, opened on another: the endpoint asks for its own,
+        # which replaces the first on the helper
+        pool.prestart(spec, str(tmp_path / "one"))
+        ep = pool.open(Location(str(tmp_path / "two"), spec))
+        assert isinstance(ep, AgentEndpoint)
+        assert [(op, args) for _, op, args in sent if op == "root"] == [
+            ("root", [str(tmp_path / "one")]), ("root", [str(tmp_path / "two")])
+        ]
+        assert ep.root == str(tmp_path / "two")
+        assert set(ep.scan(IgnoreRules()).entries) == {"b"}
+
+
 def test_endpoint_asked_for_at_once_waits_for_the_prestarted_helper(sshd: SSHD, tmp_path: Path) -> None:
     make_tree(tmp_path / "root", {"a": b"x"})
     spec = sshd.conn_spec()

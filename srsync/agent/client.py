@@ -55,6 +55,8 @@ _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 class Channel(Protocol):
     """What the client needs from an exec channel (srsync.ssh.connection.CommandChannel)."""
 
+    open_rtt: float  # seconds the channel took to open: a round trip (0 for a local pipe)
+
     def send(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def recv(self, size: int) -> bytes: ...
@@ -139,30 +141,44 @@ class AgentClient:
         self._closed = False
         self._reader: threading.Thread | None = None
         self.info: dict[str, Any] = {}
-        self.rtt = 0.0  # seconds, measured by the handshake (picks single or parallel streams)
+        self.rtt = 0.0  # seconds, a round trip when the channel opened (picks single or parallel streams)
+        self._root_call: tuple[str, Call] | None = None  # sent by start(root=...)
 
     # ---- start-up ---------------------------------------------------------
-    def start(self) -> dict[str, Any]:
-        """Send the program, wait for its greeting, agree on the protocol version."""
+    def start(self, root: str | None = None) -> dict[str, Any]:
+        """Send the program, wait for its greeting, agree on the protocol version.
+
+        The greeting (and with ``root``, the request to serve that directory, taken
+        by ``take_root``) goes with the program, for the helper to read once running:
+        the answers come right after its start, not a round trip each later.
+        """
         try:
             self._channel.send(payload(self._bytecode))
+            hello = self.call("hello", [PROTOCOL])
+            if root is not None:
+                self._root_call = (root, self.call("root", [root]))
+            self.flush()
             leftover = self._await_magic()
         except ConnectError as exc:
             raise HelperUnavailable(f"the remote helper could not be started ({exc})") from exc
+        self.rtt = self._channel.open_rtt
         self._reader = threading.Thread(
             target=self._read_loop, args=(leftover,), name=f"agent-{self.label}", daemon=True
         )
         self._reader.start()
         try:
-            sent = time.monotonic()
-            info = self.result(self.call("hello", [PROTOCOL])).meta
-            self.rtt = time.monotonic() - sent
+            info = self.result(hello).meta
         except (OSError, ConnectError) as exc:
             raise HelperUnavailable(f"the remote helper refused the handshake ({exc})") from exc
         if not isinstance(info, dict) or info.get("version") != PROTOCOL:
             raise HelperUnavailable(f"the remote helper speaks another protocol ({info!r})")
         self.info = info
         return info
+
+    def take_root(self, root: str) -> Call | None:
+        """The "root" request ``start`` already sent, if it was for ``root`` (once)."""
+        early, self._root_call = self._root_call, None
+        return early[1] if early is not None and early[0] == root else None
 
     def _await_magic(self) -> bytes:
         buf = b""
@@ -405,11 +421,13 @@ class AgentClient:
 
 
 def start_client(
-    open_channel: Any, label: str, io_timeout: float, python: str, bytecode: bool = True
+    open_channel: Any, label: str, io_timeout: float, python: str, bytecode: bool = True,
+    root: str | None = None,
 ) -> AgentClient:
     """Run the helper with ``open_channel(command)`` and shake hands; HelperUnavailable on failure.
 
-    ``bytecode``: send the compiled helper too (see ``srsync.agent.payload``).
+    ``bytecode``: send the compiled helper too (see ``srsync.agent.payload``);
+    ``root``: ask it to serve that directory at once (see ``AgentClient.start``).
     """
     try:
         channel = open_channel(bootstrap_command(python))
@@ -419,7 +437,7 @@ def start_client(
         raise HelperUnavailable(f"the server refused to run the helper ({exc})") from exc
     client = AgentClient(channel, label, io_timeout, bytecode)
     try:
-        client.start()
+        client.start(root)
     except BaseException:
         client.close()
         raise

@@ -50,6 +50,8 @@ class PipeChannel:
     read only for error messages.
     """
 
+    open_rtt = 0.0  # no link in between
+
     def __init__(self, command: str) -> None:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115  (closed by close())
         try:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from srsync.jobspec import JobSpec
+    from srsync.jobspec import ConnSpec, JobSpec
 
 # Numbers typer's own conversion takes exactly as Python reads them (srsync.cli.coerce
 # uses the same patterns; tests/test_startup.py compares it with typer)
@@ -141,14 +141,19 @@ def warm_up_jobs(jobs: Sequence[JobSpec]) -> None:
     for job in jobs:
         target = next((t for t in job.targets if t.enabled), None)
         if target is not None:
-            specs = [loc.conn for pair in target.pairs for loc in (pair.mirror, pair.target) if loc.conn is not None]
-            if specs:
-                todo.append((job, target.name, specs))
+            # each host, with the first path on it: its helper is asked to serve that at once
+            roots: dict[ConnSpec, str] = {}
+            for pair in target.pairs:
+                for loc in (pair.mirror, pair.target):
+                    if loc.conn is not None:
+                        roots.setdefault(loc.conn, loc.path)
+            if roots:
+                todo.append((job, target.name, list(roots), roots))
     if not todo:
         return
     import srsync.ssh.connection  # noqa: F401  (CPU-bound: first, before anything competes)
     from srsync.endpoints.registry import warm_up
     from srsync.engine.statedir import state_dir_for
 
-    for job, target_name, specs in todo:
-        warm_up(job.name, target_name, state_dir_for(job), specs)
+    for job, target_name, specs, roots in todo:
+        warm_up(job.name, target_name, state_dir_for(job), specs, roots)

@@ -287,9 +287,10 @@ class AgentEndpoint(Endpoint):
         self._owns_conn = owns_connection
         self._python = python
         self._streams = max(1, streams)
-        self._client = client if client is not None else self._start()
+        self._client = client if client is not None else self._start(root)
         try:
-            self.root = self._client.result(self._client.call("root", [root])).meta["root"]
+            call = self._client.take_root(root) or self._client.call("root", [root])
+            self.root = self._client.result(call).meta["root"]
         except BaseException:
             self._client.close()
             raise
@@ -305,9 +306,10 @@ class AgentEndpoint(Endpoint):
         self._closed = False
         self._staged = False  # the helper holds a copy staged by block_signature
 
-    def _start(self) -> AgentClient:
+    def _start(self, root: str) -> AgentClient:
+        """A helper for this endpoint, asked at once to serve ``root`` (see ``take_root``)."""
         conn = self._conn
-        return start_client(conn.open_command, conn.label, conn.io_timeout, self._python, conn.near)
+        return start_client(conn.open_command, conn.label, conn.io_timeout, self._python, conn.near, root)
 
     # ---- identity -------------------------------------------------------
     @property
@@ -738,8 +740,10 @@ class AgentEndpoint(Endpoint):
                 return None
             self._starting += 1
         try:
-            helper = self._start()
-            helper.result(helper.call("root", [self.root]))
+            helper = self._start(self.root)
+            call = helper.take_root(self.root)
+            assert call is not None
+            helper.result(call)
         except (HelperUnavailable, ConnectError, OSError):
             self._extra_refused = True  # fewer streams then
             return None

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,8 +76,10 @@ class EndpointPool:
         """Whether remote sides are served by the helper where it can start (else SFTP)."""
         return self._python is not None
 
-    def prestart(self, spec: ConnSpec) -> None:
-        """Start connecting to ``spec`` and the helper on it, in a daemon thread.
+    def prestart(self, spec: ConnSpec, root: str | None = None) -> None:
+        """Start connecting to ``spec`` and the helper on it, in a daemon thread; with
+        ``root``, the helper is asked at once to serve that path (the first endpoint
+        opened there then takes the answer instead of asking: a round trip less).
 
         Nothing is reported from here: the endpoint asked for later gets the same
         connection, or raises the same error the connection attempt raised.
@@ -99,7 +102,7 @@ class EndpointPool:
                     self._spare[id(conn)] = helper
             conn_future.set_result(conn)
             try:
-                started = self._start_helper(conn)
+                started = self._start_helper(conn, root)
             except BaseException as exc:
                 helper.set_exception(exc)
                 return
@@ -156,8 +159,9 @@ class EndpointPool:
 
         return SFTPEndpoint(conn, path)
 
-    def _start_helper(self, conn: SSHConnection) -> tuple[AgentClient, str] | None:
-        """A helper running on ``conn`` and the python command that runs it; None: use SFTP."""
+    def _start_helper(self, conn: SSHConnection, root: str | None = None) -> tuple[AgentClient, str] | None:
+        """A helper running on ``conn`` (asked to serve ``root``, see ``AgentClient.start``)
+        and the python command that runs it; None: use SFTP."""
         if self._python is None or id(conn) in self._no_helper:
             return None
         from srsync.agent.client import HelperUnavailable, start_client
@@ -169,7 +173,7 @@ class EndpointPool:
         cached = self._cached_python(conn.label) if self._python == DEFAULT_PYTHON else None
         for python in ([cached] if cached else []) + [self._python]:
             try:
-                client = start_client(conn.open_command, conn.label, conn.io_timeout, python, conn.near)
+                client = start_client(conn.open_command, conn.label, conn.io_timeout, python, conn.near, root)
             except HelperUnavailable as exc:
                 if python == cached and exc.not_found:
                     continue  # the remembered interpreter is gone: the plain command next
@@ -256,8 +260,11 @@ _warm_for: dict[tuple[str, str], tuple[tuple[ConnSpec, ...], Path | None]] = {}
 _warm_lock = threading.Lock()
 
 
-def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]) -> None:
-    """Begin connecting ``specs`` for ``target`` of ``job`` (see EndpointPool.prestart).
+def warm_up(
+    job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec], roots: Mapping[ConnSpec, str] | None = None
+) -> None:
+    """Begin connecting ``specs`` for ``target`` of ``job`` (see EndpointPool.prestart);
+    ``roots``: a path to serve first on each, for the helper to open at once.
 
     Asked again for the same specs (the entry point's head start, then the command
     itself), the pool already under way is kept.
@@ -270,7 +277,7 @@ def warm_up(job: str, target: str, cache_dir: Path | None, specs: list[ConnSpec]
             return
     pool = EndpointPool(cache_dir=cache_dir)
     for spec in wanted[0]:
-        pool.prestart(spec)
+        pool.prestart(spec, (roots or {}).get(spec))
     if pool.helper_enabled:
         # build the helper's program now, while the handshake waits for the server
         # (with the bytecode: the usual case is a server not far away), and load the

@@ -85,9 +85,11 @@ class CommandChannel:
     that); failures of the channel or connection become ``ConnectError``.
     """
 
-    def __init__(self, channel: paramiko.Channel, label: str, io_timeout: float) -> None:
+    def __init__(self, channel: paramiko.Channel, label: str, io_timeout: float, open_rtt: float = 0.0) -> None:
         self._channel = channel
         self.label = label
+        # seconds the server took to open the channel: a round trip, measured
+        self.open_rtt = open_rtt
         # several packets per call where the cipher allows it (srsync.ssh.bulk)
         self._batched = batch_capable(channel.get_transport())
         # a send blocks while the far side's window is full; longer than this is a stall
@@ -203,9 +205,11 @@ class SSHConnection:
         per-packet cost.  ``window`` defaults to ``COMMAND_WINDOW``.
         """
         with connect_errors(self.label, self.timeout):
+            started = time.monotonic()
             channel = self._transport.open_session(
                 window_size=window or COMMAND_WINDOW, max_packet_size=COMMAND_PACKET, timeout=self.timeout
             )
+            open_rtt = time.monotonic() - started
             channel.in_buffer = inbound.ChunkPipe()  # before any data can arrive
             try:
                 channel.settimeout(self.timeout)
@@ -213,7 +217,7 @@ class SSHConnection:
             except BaseException:
                 channel.close()
                 raise
-        return CommandChannel(channel, self.label, self.io_timeout)
+        return CommandChannel(channel, self.label, self.io_timeout, open_rtt)
 
     def _open_tunnel(self, host: str, port: int) -> paramiko.Channel:
         """A direct-tcpip channel to ``host:port`` as seen from this server (ProxyJump)."""
