@@ -741,9 +741,7 @@ class AgentEndpoint(Endpoint):
             self._starting += 1
         try:
             helper = self._start(self.root)
-            call = helper.take_root(self.root)
-            assert call is not None
-            helper.result(call)
+            helper.result(helper.take_root(self.root) or helper.call("root", [self.root]))
         except (HelperUnavailable, ConnectError, OSError):
             self._extra_refused = True  # fewer streams then
             return None
