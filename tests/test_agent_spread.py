@@ -29,6 +29,7 @@ AgentFactory = Callable[..., AgentEndpoint]
 def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[AgentClient, list[list[Any]]]]]:
     """Forces spreading with batches of 8 steps; records each batch call and its helper."""
     monkeypatch.setattr(agent_mod, "PARALLEL_RTT", 0.0)
+    monkeypatch.setattr(agent_mod, "SPREAD_RATE", 10**15)  # as many channels as allowed
     monkeypatch.setattr(agent_mod, "SPREAD_AFTER", 0)
     monkeypatch.setattr(agent_mod, "BATCH_STEPS", 8)
     seen: list[tuple[AgentClient, list[list[Any]]]] = []
@@ -45,6 +46,26 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[AgentClient,
 
 def _file(size: int, i: int = 0, mode: int = 0o644) -> Entry:
     return Entry(Kind.FILE, size=size, mode=mode, mtime_ns=T0 + i)
+
+
+def test_channels_for_spreading_follow_the_round_trip(agent_endpoint_factory: AgentFactory, tmp_path: Path) -> None:
+    """Enough OpenSSH windows per round trip for SPREAD_RATE: none on a fast link, two at
+    20 ms, four (SPREAD_STREAMS) from 42 ms; never more than the endpoint's streams."""
+    ep = agent_endpoint_factory(str(tmp_path), streams=6)
+    # the round trip measured while the helper's channel opened, on loopback
+    assert 0 < ep._client.rtt < agent_mod.PARALLEL_RTT
+    counts = {}
+    for ms in (0.5, 4, 10, 13, 15, 20, 27, 30, 41, 43, 50, 200):
+        ep._client.rtt = ms / 1000
+        counts[ms] = ep._spread_streams()
+    assert counts == {0.5: 1, 4: 1, 10: 1, 13: 1, 15: 2, 20: 2, 27: 2, 30: 3, 41: 3, 43: 4, 50: 4, 200: 4}
+    ep._client.rtt = 0.01
+    assert not ep._spreads()
+    ep._client.rtt = 0.02
+    assert ep._spreads()
+    narrow = agent_endpoint_factory(str(tmp_path), streams=2)
+    narrow._client.rtt = 0.2
+    assert narrow._spread_streams() == 2
 
 
 def test_may_overtake_only_paths_and_parents_not_touched() -> None:

@@ -55,7 +55,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 class Channel(Protocol):
     """What the client needs from an exec channel (srsync.ssh.connection.CommandChannel)."""
 
-    open_rtt: float  # seconds the channel took to open: a round trip (0 for a local pipe)
+    open_rtt: float  # seconds: a round trip, measured while the channel opened (0 for a local pipe)
 
     def send(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -141,7 +141,7 @@ class AgentClient:
         self._closed = False
         self._reader: threading.Thread | None = None
         self.info: dict[str, Any] = {}
-        self.rtt = 0.0  # seconds, a round trip when the channel opened (picks single or parallel streams)
+        self.rtt = 0.0  # seconds: the channel's open_rtt (picks one stream or several)
         self._root_call: tuple[str, Call] | None = None  # sent by start(root=...)
 
     # ---- start-up ---------------------------------------------------------

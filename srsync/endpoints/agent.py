@@ -22,6 +22,7 @@ import errno
 import gc
 import io
 import itertools
+import math
 import sys
 import threading
 from collections import deque
@@ -71,8 +72,16 @@ STREAMS = 6  # channels for one big upload (OpenSSH's 2 MiB window caps each at 
 # processes only compete for CPU (measured: slower on loopback).
 PARALLEL_RTT = 0.005
 # Batches of small steps over several channels on such a link (see apply_steps):
-# at most this many channels, the extra helpers started once this much was pushed,
-# and this many more batches in flight per extra channel.
+# as many channels as it takes to carry SPREAD_RATE bytes a second at the measured
+# round trip, each window-bound to SSH_WINDOW (OpenSSH's session window) per round
+# trip, and at most SPREAD_STREAMS: none below ~14 ms, two at 20 ms, four from 42 ms.
+# (About twice what one push of small files moves here; each extra channel is one
+# more shell and interpreter on the server. Measured, (b) and (c) cold pushes through
+# the bench's proxy: at 20 ms two channels beat four by 3-5 %, at 50 ms four beat two
+# by 11 %.)  The extra helpers start once SPREAD_AFTER bytes were pushed, and each
+# extra channel adds SPREAD_DEPTH batches in flight.
+SPREAD_RATE = 150 * 1000 * 1000
+SSH_WINDOW = 2 * 1024 * 1024
 SPREAD_STREAMS = 4
 SPREAD_AFTER = 1024 * 1024
 SPREAD_DEPTH = 4
@@ -675,17 +684,25 @@ class AgentEndpoint(Endpoint):
         while inflight:
             yield from collect()
 
+    def _spread_streams(self) -> int:
+        """Channels for batches of small steps: enough windows for SPREAD_RATE at this round trip."""
+        if self._client.rtt < PARALLEL_RTT:
+            return 1
+        wanted = math.ceil(SPREAD_RATE * self._client.rtt / SSH_WINDOW)
+        return max(1, min(self._streams, SPREAD_STREAMS, wanted))
+
     def _spreads(self) -> bool:
         """Whether batches of small steps go over several channels (a window-bound link)."""
-        return self._streams > 1 and self._client.rtt >= PARALLEL_RTT
+        return self._spread_streams() > 1
 
     def _grow_extra(self) -> None:
-        """Start the helpers still missing for spreading, in the background, once."""
+        """Start the helpers still missing for spreading (``_spread_streams``), in the
+        background, once."""
         with self._extra_lock:
             if self._growing or self._extra_refused or self._closed:
                 return
             self._growing = True
-            missing = min(self._streams, SPREAD_STREAMS) - 1 - len(self._extra)
+            missing = self._spread_streams() - 1 - len(self._extra)
         if missing > 0:
             threading.Thread(
                 target=self._start_extra_quietly, args=(missing,), name=f"agent-up-{self._conn.label}", daemon=True
