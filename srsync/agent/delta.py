@@ -563,6 +563,23 @@ def encode_ops(ops: Iterable[DeltaOp]) -> Iterator[bytes]:
             yield op
 
 
+def delta_blocks(ops: Iterable[DeltaOp], size: int) -> Iterator[bytes]:
+    """``encode_ops`` joined into blocks of at least ``size`` bytes, but cut after every
+    copy: the receiver copies that run while the rest of the file is still being matched
+    (the sender passes each block on at once)."""
+    pending: list[bytes] = []
+    have = 0
+    for op in ops:
+        for piece in encode_ops((op,)):
+            pending.append(piece)
+            have += len(piece)
+        if have >= size or isinstance(op, tuple):
+            yield b"".join(pending)
+            pending, have = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 _ALGO_NAMES = {v: k for k, v in _ALGO_IDS.items()}
 
 

@@ -58,7 +58,7 @@ from srsync.agent.delta import (
     StagedCopy,
     basis_token,
     copy_range,
-    encode_ops,
+    delta_blocks,
     match,
     place_staged,
     signature_fd,
@@ -1762,20 +1762,9 @@ class Agent:
         guarded = len(args) > 2 and bool(args[2])  # the caller guards it: no CRC to compute
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            out: list[bytes] = []
-            size = 0
-            for op in match(self._chunks(fd, args[1] + 1), sig, crc32=not guarded):
-                for piece in encode_ops((op,)):
-                    out.append(piece)
-                    size += len(piece)
-                if size >= READ_CHUNK or isinstance(op, tuple):
-                    # a copy goes out at once: the caller copies it while this goes on matching
-                    self.send(ITEM, rid, None, b"".join(out))
-                    out, size = [], 0
-                    if isinstance(op, tuple):
-                        self.flush()
-            if out:
-                self.send(ITEM, rid, None, b"".join(out))
+            for block in delta_blocks(match(self._chunks(fd, args[1] + 1), sig, crc32=not guarded), READ_CHUNK):
+                self.send(ITEM, rid, None, block)
+                self.flush()  # (a block cut after a copy goes out at once; a full one would anyway)
         finally:
             os.close(fd)
         self.send(DONE, rid, {"st": self.lstat_entry(full)})

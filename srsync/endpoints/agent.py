@@ -38,7 +38,7 @@ from srsync.agent.client import (
     call_error,
     start_client,
 )
-from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, encode_ops
+from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, delta_blocks
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IgnoreRules
 from srsync.core.paths import ROOT, RelPath, check_name, join, validate_relpath
@@ -909,7 +909,7 @@ class AgentEndpoint(Endpoint):
         client = self._client
         self._staged = False  # the helper uses or drops it now
         call = client.call("patch", [self._rel(path), mode & 0o7777, mtime_ns, [entry_to_json(expected)]])
-        return _upload(client, call, _delta_blocks(ops), flush=True)
+        return _upload(client, call, delta_blocks(ops, CHUNK), flush=True)
 
     # ---- lifetime ------------------------------------------------------
     def close(self) -> None:
@@ -959,22 +959,6 @@ def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes], flush: boo
     entry = entry_from_json(client.result(call).meta["e"])
     assert entry is not None
     return entry
-
-
-def _delta_blocks(ops: Iterable[DeltaOp]) -> Iterator[bytes]:
-    """A delta's wire form in blocks of at least CHUNK bytes, but cut after every copy:
-    the helper copies that run while the rest of the file is still being matched."""
-    pending: list[bytes] = []
-    have = 0
-    for op in ops:
-        for piece in encode_ops((op,)):
-            pending.append(piece)
-            have += len(piece)
-        if have >= CHUNK or isinstance(op, tuple):
-            yield b"".join(pending)
-            pending, have = [], 0
-    if pending:
-        yield b"".join(pending)
 
 
 def _chunks_of(step: Step) -> Iterable[bytes]:
