@@ -21,6 +21,9 @@ from srsync.engine.statedir import state_dir_for as state_dir_for  # re-exported
 
 SCHEMA_VERSION = 1
 
+# seconds a connection waits for another one that holds the database
+_BUSY_TIMEOUT = 30.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hash_cache (
@@ -158,14 +161,33 @@ class StateDB:
             os.chmod(directory, 0o700)
         self.path = directory / "state.db"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._db:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection in WAL mode with the schema in place.
+
+        Several jobs of one run open the same database at once.  Switching a new
+        database to WAL, and a transaction that first reads and then writes, can fail
+        at once with "database is locked" instead of waiting for the other (SQLite
+        does not wait where waiting could deadlock): the schema is written in a
+        transaction that takes the write lock first, and a refused switch is retried.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA};INSERT OR IGNORE INTO meta (key, value) "
+                    f"VALUES ('schema', '{int(SCHEMA_VERSION)}');COMMIT;"
+                )
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     def close(self) -> None:
         with self._lock:
