@@ -226,6 +226,23 @@ def test_scan_matches_sftp_and_local(
     assert agent.entries["keep/a.txt"].mtime_ns == st.st_mtime_ns
 
 
+def test_rules_without_wildcards_exclude_alike_on_the_helper(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path
+) -> None:
+    """Plain-name rules (the helper matches them without ``re``) exclude exactly what the
+    same rules exclude in a local scan, regex-special characters and all."""
+    for rel in ["a.b/x", "a-b+c", "x y/z", "(p)/q", "d/a.b", "d/keep.txt", "top/file", "s/top/file", "[v]"]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    rules = IgnoreRules.from_patterns(["a.b/", "a-b+c", "x y", "/(p)", "/top/", "\\[v]"])
+    agent = agent_endpoint_factory(str(tmp_path)).scan(rules)
+    local = LocalEndpoint(str(tmp_path)).scan(rules)
+    assert _shape(agent)[0] == _shape(local)[0]
+    # ("a.b/" names directories only: the file d/a.b stays)
+    assert sorted(agent.entries) == ["d", "d/a.b", "d/keep.txt", "s", "s/top", "s/top/file"]
+
+
 def test_nfd_names_stay_addressable(agent_endpoint_factory: AgentFactory, tmp_path: Path) -> None:
     nfd = unicodedata.normalize("NFD", "résumé")
     (tmp_path / nfd).mkdir()

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from srsync.core.ignore import (
+    IgnoreRules,
+    LiteralMatch,
+    filter_snapshot_paths,
+    literal_match,
+    parse_rule,
+)
 from srsync.core.paths import BadName, check_name, link_escapes, validate_relpath
 
 
@@ -67,3 +77,59 @@ def test_rules_say_whether_they_can_exclude_files() -> None:
     assert IgnoreRules.from_patterns(["cache/", "!keep"]).may_exclude_files()
     only_dirs = IgnoreRules.from_patterns(["cache/"])
     assert not only_dirs.is_excluded("cache", False) and only_dirs.is_excluded("cache", True)
+
+
+# names as a rule may spell them without wildcards: regex-special characters included
+_LITERAL_CHARS = st.sampled_from(list("ab.-+^$(){}|&~# \t\u00e9\u00df\u4e2d") + ["x", "y"])
+_NAMES = st.text(_LITERAL_CHARS, min_size=1, max_size=6).filter(lambda t: not t.startswith(("#", "!")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(_NAMES, min_size=1, max_size=3),
+    anchored=st.booleans(),
+    dir_only=st.booleans(),
+    paths=st.lists(st.lists(_NAMES, min_size=1, max_size=4).map("/".join), max_size=8),
+)
+def test_a_rule_without_wildcards_matches_without_re_as_its_regex_does(
+    parts: list[str], anchored: bool, dir_only: bool, paths: list[str]
+) -> None:
+    """The helper matches such rules by comparing strings (no ``re`` import at its start);
+    the answers must be those of the regex the client compiled."""
+    text = "/".join(parts).strip()
+    pattern = ("/" if anchored else "") + text + ("/" if dir_only else "")
+    rule = parse_rule(pattern)
+    if rule is None or not text or text != "/".join(parts):
+        return  # (trailing spaces are dropped by the rule syntax)
+    literal = literal_match(rule.regex.pattern, rule.regex.flags)
+    assert isinstance(literal, LiteralMatch)
+    regex = rule.regex
+    for path in [*paths, "/".join(parts), "q/" + "/".join(parts), "/".join(parts) + "/q"]:
+        assert bool(literal.match(path)) is bool(regex.match(path)), (pattern, path)
+
+
+@pytest.mark.parametrize("pattern", ["*.tmp", "a?c", "[ab].c", "a/**/z", "doc/*.md"])
+def test_a_rule_with_wildcards_is_left_to_re(pattern: str) -> None:
+    rule = parse_rule(pattern)
+    assert rule is not None
+    assert literal_match(rule.regex.pattern, rule.regex.flags) is None
+
+
+def test_an_escaped_wildcard_is_a_character() -> None:
+    rule = parse_rule("x\\*y")
+    assert rule is not None
+    found = literal_match(rule.regex.pattern, rule.regex.flags)
+    assert found is not None and found.match("x*y") and not found.match("xzy")
+
+
+def test_only_the_regexes_parse_rule_makes_count_as_literal() -> None:
+    for regex, flags in [
+        ("abc\\Z", re.IGNORECASE | re.DOTALL),  # another meaning of equal
+        ("abc", re.DOTALL),  # no end anchor
+        ("ab\\dc\\Z", re.DOTALL),  # a class, not a character
+        ("abc\\\\Z", re.DOTALL),  # an escaped backslash and a Z: no end anchor
+        ("\\Z", re.DOTALL),  # nothing to match
+    ]:
+        assert literal_match(regex, flags) is None, regex
+    found = literal_match("(?:.*/)?a\\.b\\\\\\Z", re.DOTALL)
+    assert found is not None and found.text == "a.b\\" and found.anywhere

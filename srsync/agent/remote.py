@@ -63,7 +63,7 @@ from srsync.agent.delta import (
     place_staged,
     signature_fd,
 )
-from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule
+from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule, literal_match
 from srsync.core.paths import check_name, is_temp_name, nfc
 from srsync.core.summary import summarize
 
@@ -750,14 +750,15 @@ class Agent:
 
     # ---- reading -------------------------------------------------------
     def op_scan(self, rid: int, args: list[Any], raw: bytes) -> None:
-        if args[0]:
-            import re  # only where there are rules (see srsync.core.ignore)
-        rules = IgnoreRules(
-            tuple(
-                Rule(base=base, pattern=pattern, regex=re.compile(rx, flags), negate=neg, dir_only=dir_only)
-                for base, pattern, rx, flags, neg, dir_only in args[0]
-            )
-        )
+        wire_rules = []
+        for base, pattern, rx, flags, neg, dir_only in args[0]:
+            matcher: Any = literal_match(rx, flags)
+            if matcher is None:
+                import re  # only for a rule with wildcards (see srsync.core.ignore.LiteralMatch)
+
+                matcher = re.compile(rx, flags)
+            wire_rules.append(Rule(base=base, pattern=pattern, regex=matcher, negate=neg, dir_only=dir_only))
+        rules = IgnoreRules(tuple(wire_rules))
         try:
             root_st = os.stat(self.root)
         except (FileNotFoundError, NotADirectoryError):
