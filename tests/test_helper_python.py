@@ -139,3 +139,112 @@ def test_a_distant_server_gets_the_sources_only(
         assert not ep.connection.near
         assert ep.helper_info["bytecode"] is False
         assert set(ep.scan(IgnoreRules()).entries) == {"a"}
+
+
+# ---- the helper's program kept in the state folder (srsync.agent.load_payload) -----------
+
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the program this process made, as a new run would not have it."""
+    import srsync.agent as agent_pkg
+
+    monkeypatch.setattr(agent_pkg, "_made", {})
+
+
+def _no_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    import srsync.agent as agent_pkg
+
+    def refuse(*args: object) -> bytes:
+        raise AssertionError("built, not read from the kept copy")
+
+    monkeypatch.setattr(agent_pkg, "_make_program", refuse)
+    monkeypatch.setattr(agent_pkg, "_bytecode", refuse)
+
+
+def test_the_program_is_kept_and_a_later_run_reads_it(
+    sshd: SSHD, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import srsync.agent as agent_pkg
+
+    _compile_shipped()
+    _fresh(monkeypatch)
+    make_tree(tmp_path / "root", {"a": b"x"})
+    loc = Location(str(tmp_path / "root"), sshd.conn_spec())
+    state = tmp_path / "state"
+    with EndpointPool(cache_dir=state) as pool:
+        assert _open(pool, loc).helper_info["bytecode"] is True
+    built = agent_pkg.payload()
+    assert (state / agent_pkg.PAYLOAD_CACHE).is_file()
+    _fresh(monkeypatch)
+    _no_building(monkeypatch)
+    with EndpointPool(cache_dir=state) as pool:
+        ep = _open(pool, loc)
+        assert ep.helper_info["bytecode"] is True
+        assert set(ep.scan(IgnoreRules()).entries) == {"a"}
+    assert agent_pkg.payload() == built
+
+
+def _shipped_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The shipped modules' sources copied to ``tmp_path``, and the payload built from those."""
+    import srsync.agent as agent_pkg
+
+    copies: dict[str, Path] = {}
+    for name in agent_pkg.SHIPPED:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        copies[name] = tmp_path / "src" / (name + ".py")
+        copies[name].parent.mkdir(exist_ok=True)
+        copies[name].write_bytes(Path(spec.origin).read_bytes())
+    monkeypatch.setattr(agent_pkg, "_origins", lambda: [(n, str(p)) for n, p in copies.items()])
+    return copies
+
+
+def test_a_kept_program_of_other_files_is_built_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    import srsync.agent as agent_pkg
+
+    copies = _shipped_copies(tmp_path, monkeypatch)
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(tmp_path)
+    first = agent_pkg.payload()
+    # a source edited (a reinstall, an upgrade): the kept copy no longer counts
+    remote = copies["srsync.agent.remote"]
+    remote.write_text(remote.read_text() + "\n# edited\n")
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(tmp_path)
+    second = agent_pkg.payload()
+    assert second != first
+    assert b"# edited" in zlib.decompress(agent_pkg._program())
+    # and that new build is what the next run reads
+    _fresh(monkeypatch)
+    with monkeypatch.context() as m:
+        _no_building(m)
+        agent_pkg.load_payload(tmp_path)
+        assert agent_pkg.payload() == second
+
+
+def test_a_damaged_or_unwritable_copy_only_means_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import srsync.agent as agent_pkg
+
+    _shipped_copies(tmp_path, monkeypatch)
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(tmp_path)
+    good = agent_pkg.payload()
+    kept = tmp_path / agent_pkg.PAYLOAD_CACHE
+    data = bytearray(kept.read_bytes())
+    data[-10] ^= 0xFF  # one bit of the program flipped on disk
+    kept.write_bytes(bytes(data))
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(tmp_path)
+    assert agent_pkg.payload() == good  # built again, not the damaged bytes
+    kept.write_bytes(b"srsync helper payload 1\n")  # torn short
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(tmp_path)
+    assert agent_pkg.payload() == good
+    # a state folder that cannot hold it (here: a file in the way) changes nothing
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    _fresh(monkeypatch)
+    agent_pkg.load_payload(blocked)
+    assert agent_pkg.payload() == good
+    assert blocked.read_text() == "not a folder"

@@ -7,13 +7,16 @@ installed and nothing is left behind when the channel closes.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import hashlib
 import importlib.util
 import marshal
 import os
 import shlex
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 # Modules the helper needs, in import order; all stdlib-only.  They keep their
@@ -96,8 +99,7 @@ def _origins() -> list[tuple[str, str]]:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _program() -> bytes:
+def _make_program() -> bytes:
     """The compressed program: the shipped sources and the loader (the same for every server)."""
     sources = [(name, Path(origin).read_text(encoding="utf-8")) for name, origin in _origins()]
     text = f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\n" + _LOADER
@@ -111,9 +113,121 @@ def _bytecode(magic: bytes) -> bytes:
     return magic + zlib.compress(marshal.dumps(codes), 6) if codes else b""
 
 
-@functools.lru_cache(maxsize=1)
+# This process's program and bytecode, built (or read, see load_payload) once, by
+# whichever thread asks first; another thread asking meanwhile waits for that one.
+_made: dict[str, bytes] = {}
+_made_lock = threading.Lock()
+
+
+def _made_once(key: str, build: Callable[[], bytes]) -> bytes:
+    with _made_lock:
+        got = _made.get(key)
+        if got is None:
+            got = _made[key] = build()
+        return got
+
+
+def _program() -> bytes:
+    return _made_once("program", _make_program)
+
+
 def _local_bytecode() -> bytes:
-    return _bytecode(importlib.util.MAGIC_NUMBER)
+    return _made_once("bytecode", lambda: _bytecode(importlib.util.MAGIC_NUMBER))
+
+
+# ---- the payload kept between runs ----------------------------------------------
+# Building the payload (reading the sources, compressing them and their bytecode)
+# costs ~16 ms of CPU at every start, while the handshake needs the same CPU; a copy
+# kept in the job's state folder is read in a fraction of a millisecond.
+
+PAYLOAD_CACHE = "helper-payload.bin"
+_CACHE_TAG = b"srsync helper payload 1\n"
+_DIGEST = 16
+
+
+def _fingerprint() -> bytes:
+    """A digest of everything the payload is built from: every shipped source file and
+    its compiled copy (path, size, mtime, ctime, inode), this module's own file (the
+    loader and the format) and the python's magic number.  Any edit, reinstall or
+    recompilation changes it."""
+    parts = [importlib.util.MAGIC_NUMBER.hex(), __file__]
+    files = [__file__]
+    for name, origin in _origins():
+        parts.append(name)
+        files += [origin, importlib.util.cache_from_source(origin)]
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            parts.append(f"{path}:-")
+            continue
+        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}")
+    return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=_DIGEST).digest()
+
+
+def _read_kept(path: Path, fingerprint: bytes) -> tuple[bytes, bytes] | None:
+    """(program, bytecode) from the copy at ``path`` when it was built from the files
+    ``fingerprint`` describes and is intact; else None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head = len(_CACHE_TAG) + 2 * _DIGEST + 4
+    if len(data) < head or not data.startswith(_CACHE_TAG):
+        return None
+    at = len(_CACHE_TAG)
+    if data[at : at + _DIGEST] != fingerprint:
+        return None
+    body = data[head:]
+    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != data[at + _DIGEST : at + 2 * _DIGEST]:
+        return None  # damaged: built again
+    size = int.from_bytes(data[head - 4 : head], "big")
+    if size > len(body):
+        return None
+    return body[:size], body[size:]
+
+
+def _keep(path: Path, fingerprint: bytes, program: bytes, blob: bytes) -> None:
+    """Save the payload at ``path`` (whole or not at all); never fails the run."""
+    body = program + blob
+    data = (
+        _CACHE_TAG + fingerprint + hashlib.blake2b(body, digest_size=_DIGEST).digest()
+        + len(program).to_bytes(4, "big") + body
+    )
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def load_payload(cache_dir: Path | None) -> None:
+    """Have ``payload`` ready: read from ``cache_dir`` when the copy kept there was built
+    from these very files, else built (and kept there for the next run).
+
+    A missing, stale, damaged or unwritable copy only means building, as without one.
+    """
+    with _made_lock:
+        if "program" in _made and "bytecode" in _made:
+            return
+    if cache_dir is None:
+        _program()
+        _local_bytecode()
+        return
+    path = cache_dir / PAYLOAD_CACHE
+    before = _fingerprint()
+    kept = _read_kept(path, before)
+    if kept is not None:
+        with _made_lock:
+            _made.setdefault("program", kept[0])
+            _made.setdefault("bytecode", kept[1])
+        return
+    program, blob = _program(), _local_bytecode()
+    if _fingerprint() == before:  # (not a copy of files that changed while being read)
+        _keep(path, before, program, blob)
 
 
 def _segments(bytecode: bool = True) -> tuple[bytes, bytes]:
@@ -132,8 +246,8 @@ def payload(bytecode: bool = True) -> bytes:
     The bytecode (~67 KiB, about 2.5 times the compressed sources) saves the server
     ~33 ms of compiling where the link is fast (a server on this machine or the local
     network) and would cost more than that on a slow one; ``bytecode=False`` sends
-    the sources alone.  Both are built once per process (``registry.warm_up`` builds
-    them while the handshake waits).
+    the sources alone.  Both are made once per process (``registry.warm_up`` has them
+    ready while the handshake waits, from the copy ``load_payload`` keeps).
     """
     program, blob = _segments(bytecode)
     return program + len(blob).to_bytes(4, "big") + blob

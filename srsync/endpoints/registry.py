@@ -66,6 +66,7 @@ class EndpointPool:
         self._no_helper: set[int] = set()
         # where the interpreters that served the helper are remembered (see _start_helper)
         self._cache = None if cache_dir is None else cache_dir / HELPER_CACHE
+        self._cache_dir = cache_dir  # (also keeps the helper's program: srsync.agent.load_payload)
         # prestart(): connections still being opened, helpers started ahead (by connection id)
         self._connecting: dict[ConnSpec, Future[SSHConnection]] = {}
         self._spare: dict[int, Future[tuple[AgentClient, str] | None]] = {}
@@ -164,7 +165,10 @@ class EndpointPool:
         and the python command that runs it; None: use SFTP."""
         if self._python is None or id(conn) in self._no_helper:
             return None
+        from srsync.agent import load_payload
         from srsync.agent.client import HelperUnavailable, start_client
+
+        load_payload(self._cache_dir)
 
         # ``python3`` on a server is often a wrapper (a pyenv shim, a version manager)
         # that costs more than the interpreter's own start: the helper reports the real
@@ -279,14 +283,14 @@ def warm_up(
     for spec in wanted[0]:
         pool.prestart(spec, (roots or {}).get(spec))
     if pool.helper_enabled:
-        # build the helper's program now, while the handshake waits for the server
+        # have the helper's program ready now, while the handshake waits for the server
         # (with the bytecode: the usual case is a server not far away), and load the
         # endpoint that will drive it: imported when the helper answers, it would
         # stand between that answer and the first request (~20 ms)
-        from srsync.agent import payload
+        from srsync.agent import load_payload
         from srsync.endpoints import agent  # noqa: F401
 
-        payload()
+        load_payload(cache_dir)
     with _warm_lock:
         old = _warm.pop((job, target), None)
         _warm[(job, target)] = pool
