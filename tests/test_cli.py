@@ -237,3 +237,35 @@ def test_closed_port_and_silent_host(sshd: Any, tmp_path: Path) -> None:
         silent.close()
     assert_one_line_error(proc, 1)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_summary_in_a_log_is_plain_aligned_columns(tmp_path: Path) -> None:
+    """Not on a terminal, the summary is one plain line per pair, its columns lined up
+    under the header: no box drawing, nothing wrapped, easy to grep and to parse."""
+    conf = tmp_path / "conf"
+    make_tree(tmp_path / "m1", {"f": b"1", "g": b"22"})
+    make_tree(tmp_path / "m2", {"f": b"3"})
+    for name, src in (("first", "m1"), ("second-job", "m2")):
+        write_conf(conf, name, f"""
+            [[targets]]
+              [[targets.paths]]
+              mirror = "../{src}"
+              target = "../t-{src}"
+        """)
+    proc = srsync("autorun", "--conf-dir", str(conf), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = lines.index("srsync summary")
+    header, rows = lines[at + 1], lines[at + 2 : at + 4]
+    assert header.split() == ["job", "target", "pair", "result", "created", "updated", "deleted",
+                              "conflicts", "bytes", "time"]
+    assert not any(ch in proc.stdout for ch in "│┃━─")
+    by_job = {row.split()[0]: row for row in rows}
+    assert set(by_job) == {"first", "second-job"}
+    assert lines[at + 4].startswith("done in ")
+    for job, created in (("first", "2"), ("second-job", "1")):
+        row = by_job[job]
+        # text columns start under their heading, numbers end under theirs
+        assert row[header.index("result") :].split()[0] == "ok"
+        end = header.index("created") + len("created")
+        assert row[:end].split()[-1] == created

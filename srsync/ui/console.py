@@ -190,29 +190,58 @@ _STYLE = {"ok": "green", "unchanged": "green", "partial": "yellow", "halted": "r
           "failed": "red", "conflicts": "magenta"}
 
 
-def summary_table(results: list[JobResult], dry_run: bool) -> Table:
-    from rich.table import Table
+_SUMMARY_COLUMNS = ("job", "target", "pair", "result", "created", "updated", "deleted", "conflicts", "bytes", "time")
+_LEFT_COLUMNS = 4  # text columns first, then the numbers (right-aligned)
 
-    title = "srsync dry run (nothing changed)" if dry_run else "srsync summary"
-    table = Table(title=title, title_justify="left")
-    for col in ("job", "target", "pair", "result"):
-        table.add_column(col)
-    for col in ("created", "updated", "deleted", "conflicts", "bytes", "time"):
-        table.add_column(col, justify="right")
+
+def _summary_title(dry_run: bool) -> str:
+    return "srsync dry run (nothing changed)" if dry_run else "srsync summary"
+
+
+def _summary_rows(results: list[JobResult], dry_run: bool) -> list[tuple[list[str], str]]:
+    """One row of plain cells per pair (or failed job), with the result's style."""
+    rows: list[tuple[list[str], str]] = []
     for jr in results:
         if not jr.pairs:
-            table.add_row(jr.job, "", "", "[red]failed[/]", "", "", "", "", "", "")
+            rows.append(([jr.job, "", "", "failed", "", "", "", "", "", ""], "red"))
             continue
         for pr in jr.pairs:
             stats = pr.plan.stats if (dry_run and pr.plan) else pr.applied
-            style = _STYLE.get(pr.outcome, "")
             outcome = "would change" if dry_run and pr.outcome == "ok" else pr.outcome
-            table.add_row(
-                escape(pr.job), escape(pr.target), escape(pr.pair), f"[{style}]{outcome}[/]",
-                str(stats.created), str(stats.updated), str(stats.deleted),
-                str(stats.conflicts), human_bytes(stats.bytes), f"{pr.duration:.1f}s",
-            )
+            rows.append((
+                [pr.job, pr.target, pr.pair, outcome, str(stats.created), str(stats.updated),
+                 str(stats.deleted), str(stats.conflicts), human_bytes(stats.bytes), f"{pr.duration:.1f}s"],
+                _STYLE.get(pr.outcome, ""),
+            ))
+    return rows
+
+
+def summary_table(results: list[JobResult], dry_run: bool) -> Table:
+    from rich.table import Table
+
+    table = Table(title=_summary_title(dry_run), title_justify="left")
+    for i, col in enumerate(_SUMMARY_COLUMNS):
+        table.add_column(col, justify="left" if i < _LEFT_COLUMNS else "right")
+    for cells, style in _summary_rows(results, dry_run):
+        shown = [escape(c) for c in cells]
+        shown[3] = f"[{style}]{shown[3]}[/]" if style else shown[3]
+        table.add_row(*shown)
     return table
+
+
+def summary_text(results: list[JobResult], dry_run: bool) -> str:
+    """The summary as plain aligned columns, for logs and pipes: no box drawing, no
+    wrapping, one line per pair (and far cheaper to draw than the table)."""
+    rows = [list(_SUMMARY_COLUMNS)] + [cells for cells, _ in _summary_rows(results, dry_run)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_SUMMARY_COLUMNS))]
+    lines = [_summary_title(dry_run)]
+    for row in rows:
+        cells = [
+            cell.ljust(width) if i < _LEFT_COLUMNS else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def conflicts_table(rows: list[tuple[str, str, str, str, str, str, float]]) -> Table:
@@ -229,7 +258,11 @@ def conflicts_table(rows: list[tuple[str, str, str, str, str, str, float]]) -> T
 
 def prepare_summary(dry_run: bool) -> None:
     """Draw an empty summary into nothing, in a daemon thread: rich imports the modules a
-    table needs on its first use (~15 ms), and a run waiting for its server has time."""
+    table needs on its first use (~15 ms), and a run waiting for its server has time.
+    (Output that is not a terminal gets ``summary_text``, which needs none of them.)"""
+    if not is_terminal():
+        return
+
     def draw() -> None:
         Console(file=io.StringIO(), width=100).print(summary_table([], dry_run))
 
@@ -237,8 +270,13 @@ def prepare_summary(dry_run: bool) -> None:
 
 
 def print_summary(console: Console, results: list[JobResult], dry_run: bool, started: float) -> None:
-    console.print(summary_table(results, dry_run))
-    console.print(f"done in {time.time() - started:.1f}s")
+    """The table on a terminal; plain columns anywhere else (see ``summary_text``)."""
+    done = f"done in {time.time() - started:.1f}s"
+    if console.is_terminal:
+        console.print(summary_table(results, dry_run))
+        console.print(done)
+        return
+    console.file.write(f"{summary_text(results, dry_run)}\n{done}\n")
 
 
 def print_error(message: str) -> None:
