@@ -214,7 +214,7 @@ def test_a_kept_program_of_other_files_is_built_again(tmp_path: Path, monkeypatc
     agent_pkg.load_payload(tmp_path)
     second = agent_pkg.payload()
     assert second != first
-    assert b"# edited" in zlib.decompress(agent_pkg._program())
+    assert b"# edited" in zlib.decompress(agent_pkg._sources())
     # and that new build is what the next run reads
     _fresh(monkeypatch)
     with monkeypatch.context() as m:

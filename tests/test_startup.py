@@ -344,7 +344,7 @@ def test_the_helper_starts_without_typing_or_openssl() -> None:
     ``contextlib`` or ``array``: each costs milliseconds of every helper start."""
     import zlib
 
-    from srsync.agent import _program
+    from srsync.agent import _program, _sources
 
     text = zlib.decompress(_program()).decode("utf-8").rstrip()
     serve = 'sys.modules["srsync.agent.remote"].main()'
@@ -354,9 +354,10 @@ def test_the_helper_starts_without_typing_or_openssl() -> None:
     text = text[: -len(serve)] + f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     program = zlib.compress(text.encode("utf-8"))
     # started as the server starts it: the program on stdin (it is longer than one argument
-    # may be); the loader then reads the length of the bytecode that may follow: none here
+    # may be); the loader then reads the bytecode that may follow (none here: a length of
+    # 0), then the sources, and compiles them
     start = f"import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read({len(program)})))"
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", start], input=program + bytes(4), capture_output=True, check=True
-    )
+    sources = _sources()
+    stdin = program + bytes(4) + len(sources).to_bytes(4, "big") + sources
+    out = subprocess.run([sys.executable, "-S", "-c", start], input=stdin, capture_output=True, check=True)
     assert out.stdout.decode().split() == [], out.stderr.decode()[-500:]

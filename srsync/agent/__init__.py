@@ -44,29 +44,41 @@ if sys.flags.no_site:
                 sys.path.append(_dir)
     except Exception:
         pass
-# the same modules compiled by the client's python may follow on stdin (length, then
-# magic number and code): used when this python reads the same bytecode (saves
-# compiling them here), else the sources are
+# after this program on stdin come the same modules compiled by the client's python
+# (a length, then magic number and code), used when this python reads that bytecode,
+# then their sources (a length, then compressed text, SIZES giving each module's
+# share), compiled otherwise: kept out of this program's own text, which the
+# interpreter parses whole (sources as string literals there cost ~4 ms)
+_read = sys.stdin.buffer.read
 _codes = {}
-_size = int.from_bytes(sys.stdin.buffer.read(4), "big")
-if _size:
-    _blob = sys.stdin.buffer.read(_size)
+_blob = _read(int.from_bytes(_read(4), "big"))
+if _blob:
     import _frozen_importlib_external
     if _blob[:4] == _frozen_importlib_external.MAGIC_NUMBER:
         import marshal, zlib
         _codes = dict(marshal.loads(zlib.decompress(_blob[4:])))
+_blob = _read(int.from_bytes(_read(4), "big"))
+_text = None
 for _name in ("srsync", "srsync.core", "srsync.agent"):
     _pkg = types.ModuleType(_name)
     _pkg.__path__ = []
     sys.modules[_name] = _pkg
-for _name, _source in SOURCES:
+_at = 0
+for _name, _length in SIZES:
     _mod = types.ModuleType(_name)
     _mod.__file__ = "<srsync-helper>/" + _name
     sys.modules[_name] = _mod
     _code = _codes.get(_name)
     if _code:
         _mod.__cached__ = "<srsync-helper-bytecode>"
-    exec(marshal.loads(_code) if _code else compile(_source, _mod.__file__, "exec"), _mod.__dict__)
+        _code = marshal.loads(_code)
+    else:
+        if _text is None:
+            import zlib
+            _text = zlib.decompress(_blob)
+        _code = compile(_text[_at : _at + _length], _mod.__file__, "exec")
+    _at += _length
+    exec(_code, _mod.__dict__)
 sys.modules["srsync.agent.remote"].main()
 """
 
@@ -99,12 +111,14 @@ def _origins() -> list[tuple[str, str]]:
     return out
 
 
-def _make_program() -> bytes:
-    """The compressed program: the shipped sources and the loader (the same for every server)."""
-    sources = [(name, Path(origin).read_text(encoding="utf-8")) for name, origin in _origins()]
-    text = f"SOURCES = {sources!r}\nTOO_OLD = {TOO_OLD}\n" + _LOADER
+def _make_program() -> tuple[bytes, bytes]:
+    """(the compressed program: the loader, the same for every server; the compressed
+    sources of the shipped modules, which the loader compiles without fitting bytecode)."""
+    sources = [(name, Path(origin).read_bytes()) for name, origin in _origins()]
+    sizes = [(name, len(text)) for name, text in sources]
+    program = f"SIZES = {sizes!r}\nTOO_OLD = {TOO_OLD}\n" + _LOADER
     # level 6: a few KiB more than 9 on the wire, a fifth of the time
-    return zlib.compress(text.encode("utf-8"), 6)
+    return zlib.compress(program.encode("utf-8"), 6), zlib.compress(b"".join(t for _, t in sources), 6)
 
 
 def _bytecode(magic: bytes) -> bytes:
@@ -127,8 +141,20 @@ def _made_once(key: str, build: Callable[[], bytes]) -> bytes:
         return got
 
 
+def _program_parts() -> tuple[bytes, bytes]:
+    """(program, sources): always made together (the program gives each source's size)."""
+    with _made_lock:
+        if "program" not in _made or "sources" not in _made:
+            _made["program"], _made["sources"] = _make_program()
+        return _made["program"], _made["sources"]
+
+
 def _program() -> bytes:
-    return _made_once("program", _make_program)
+    return _program_parts()[0]
+
+
+def _sources() -> bytes:
+    return _program_parts()[1]
 
 
 def _local_bytecode() -> bytes:
@@ -141,8 +167,9 @@ def _local_bytecode() -> bytes:
 # kept in the job's state folder is read in a fraction of a millisecond.
 
 PAYLOAD_CACHE = "helper-payload.bin"
-_CACHE_TAG = b"srsync helper payload 1\n"
+_CACHE_TAG = b"srsync helper payload 2\n"
 _DIGEST = 16
+_KEPT = ("program", "sources", "bytecode")  # the parts, in the file's order
 
 
 def _fingerprint() -> bytes:
@@ -165,35 +192,39 @@ def _fingerprint() -> bytes:
     return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=_DIGEST).digest()
 
 
-def _read_kept(path: Path, fingerprint: bytes) -> tuple[bytes, bytes] | None:
-    """(program, bytecode) from the copy at ``path`` when it was built from the files
+def _read_kept(path: Path, fingerprint: bytes) -> dict[str, bytes] | None:
+    """The parts (``_KEPT``) of the copy at ``path`` when it was built from the files
     ``fingerprint`` describes and is intact; else None."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    head = len(_CACHE_TAG) + 2 * _DIGEST + 4
+    head = len(_CACHE_TAG) + 2 * _DIGEST + 4 * len(_KEPT)
     if len(data) < head or not data.startswith(_CACHE_TAG):
         return None
     at = len(_CACHE_TAG)
     if data[at : at + _DIGEST] != fingerprint:
         return None
-    body = data[head:]
-    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != data[at + _DIGEST : at + 2 * _DIGEST]:
+    if hashlib.blake2b(data[head:], digest_size=_DIGEST).digest() != data[at + _DIGEST : at + 2 * _DIGEST]:
         return None  # damaged: built again
-    size = int.from_bytes(data[head - 4 : head], "big")
-    if size > len(body):
+    at += 2 * _DIGEST
+    sizes = [int.from_bytes(data[at + 4 * i : at + 4 * i + 4], "big") for i in range(len(_KEPT))]
+    if head + sum(sizes) != len(data):
         return None
-    return body[:size], body[size:]
+    parts, at = {}, head
+    for key, size in zip(_KEPT, sizes, strict=True):
+        parts[key] = data[at : at + size]
+        at += size
+    return parts
 
 
-def _keep(path: Path, fingerprint: bytes, program: bytes, blob: bytes) -> None:
-    """Save the payload at ``path`` (whole or not at all); never fails the run."""
-    body = program + blob
-    data = (
-        _CACHE_TAG + fingerprint + hashlib.blake2b(body, digest_size=_DIGEST).digest()
-        + len(program).to_bytes(4, "big") + body
-    )
+def _keep(path: Path, fingerprint: bytes, parts: dict[str, bytes]) -> None:
+    """Save the payload's parts at ``path`` (whole or not at all); never fails the run."""
+    body = b"".join(parts[key] for key in _KEPT)
+    data = b"".join([
+        _CACHE_TAG, fingerprint, hashlib.blake2b(body, digest_size=_DIGEST).digest(),
+        *(len(parts[key]).to_bytes(4, "big") for key in _KEPT), body,
+    ])
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -211,7 +242,7 @@ def load_payload(cache_dir: Path | None) -> None:
     A missing, stale, damaged or unwritable copy only means building, as without one.
     """
     with _made_lock:
-        if "program" in _made and "bytecode" in _made:
+        if all(key in _made for key in _KEPT):
             return
     if cache_dir is None:
         _program()
@@ -222,12 +253,13 @@ def load_payload(cache_dir: Path | None) -> None:
     kept = _read_kept(path, before)
     if kept is not None:
         with _made_lock:
-            _made.setdefault("program", kept[0])
-            _made.setdefault("bytecode", kept[1])
+            if "program" not in _made:  # (the program and its sources go together)
+                _made["program"], _made["sources"] = kept["program"], kept["sources"]
+            _made.setdefault("bytecode", kept["bytecode"])
         return
-    program, blob = _program(), _local_bytecode()
+    parts = {"program": _program(), "sources": _sources(), "bytecode": _local_bytecode()}
     if _fingerprint() == before:  # (not a copy of files that changed while being read)
-        _keep(path, before, program, blob)
+        _keep(path, before, parts)
 
 
 def _segments(bytecode: bool = True) -> tuple[bytes, bytes]:
@@ -241,16 +273,18 @@ def _build(magic: bytes, bytecode: bool = True) -> tuple[bytes, bytes]:
 
 
 def payload(bytecode: bool = True) -> bytes:
-    """What the bootstrap reads from stdin: the compressed program, then the bytecode it may use.
+    """What the bootstrap reads from stdin: the compressed program (the loader), then the
+    bytecode it may use, then the compressed sources it compiles otherwise.
 
-    The bytecode (~67 KiB, about 2.5 times the compressed sources) saves the server
+    The bytecode (~80 KiB, about 2.5 times the compressed sources) saves the server
     ~33 ms of compiling where the link is fast (a server on this machine or the local
     network) and would cost more than that on a slow one; ``bytecode=False`` sends
-    the sources alone.  Both are made once per process (``registry.warm_up`` has them
+    the sources alone.  All are made once per process (``registry.warm_up`` has them
     ready while the handshake waits, from the copy ``load_payload`` keeps).
     """
     program, blob = _segments(bytecode)
-    return program + len(blob).to_bytes(4, "big") + blob
+    sources = _sources()
+    return b"".join([program, len(blob).to_bytes(4, "big"), blob, len(sources).to_bytes(4, "big"), sources])
 
 
 def bootstrap_command(python: str = "python3") -> str:
