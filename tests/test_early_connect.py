@@ -130,3 +130,87 @@ def test_manual_gets_the_same_values_without_typer(args: list[str], monkeypatch:
     (through_typer,) = seen
     assert early.manual_options(["manual", *args]) == through_typer
 
+
+
+# ---- the TCP connection begun before paramiko loads (srsync.early_tcp) ---------------
+
+@pytest.mark.parametrize(("text", "keeps"), [
+    ("", True),
+    ("# HostName elsewhere\n\nHost *\n  ServerAliveInterval 30\n  User bob\n  IdentityFile ~/.ssh/k\n", True),
+    ("Host db\n  HostName 10.0.0.5\n", False),
+    ("Host *\n  port=2222\n", False),
+    ("PORT = 2222\n", False),
+    ("Host jump\n  ProxyJump bastion\n", False),
+    ("ProxyCommand nc %h %p\n", False),
+    ("Include ~/.ssh/more\n", False),
+    ("Match host db\n  User x\n", False),
+    ("CanonicalizeHostname yes\n", False),
+])
+def test_only_a_config_that_keeps_every_address_gets_an_early_connection(
+    tmp_path: Path, text: str, keeps: bool
+) -> None:
+    from srsync import early_tcp
+
+    config = tmp_path / "ssh_config"
+    config.write_text(text)
+    assert early_tcp.config_keeps_address(str(config)) is keeps
+    assert early_tcp.config_keeps_address(str(tmp_path)) is False  # unreadable: unsure
+    try:
+        early_tcp.begin("127.0.0.1", 9, 5.0, str(config))
+        assert (("127.0.0.1", 9) in early_tcp._early) is keeps
+    finally:
+        early_tcp.close_unused()
+
+
+def test_the_handshake_goes_over_the_connection_begun_early(sshd: SSHD) -> None:
+    from srsync import early_tcp
+    from srsync.ssh.connection import connect
+
+    spec = sshd.conn_spec()
+    early_tcp.begin(spec.host, spec.port, spec.timeout, spec.ssh_config)
+    begun = early_tcp._early[(spec.host, sshd.port)].result(timeout=10)
+    mine = begun.getsockname()
+    conn = connect(spec)
+    try:
+        assert conn._transport.sock.getsockname() == mine  # that very TCP connection
+        assert not early_tcp._early
+        assert conn.exec_command("echo ok").stdout.read().strip() == b"ok"
+    finally:
+        conn.close()
+
+
+def test_an_early_connection_that_fails_is_reported_once_like_any(tmp_path: Path) -> None:
+    """Refused early: the connect reports it as it always does, without a second try."""
+    import socket
+
+    from srsync import early_tcp
+    from srsync.errors import ConnectError
+    from srsync.jobspec import ConnSpec
+    from srsync.ssh.connection import connect
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    spec = ConnSpec(host="127.0.0.1", port=port, timeout=5.0, ssh_config=str(config), use_agent=False,
+                    known_hosts=str(tmp_path / "known_hosts"))
+    early_tcp.begin(spec.host, spec.port, spec.timeout, spec.ssh_config)
+    tries: list[object] = []
+    real = socket.create_connection
+    try:
+        socket.create_connection = lambda *a, **k: tries.append(a) or real(*a, **k)  # type: ignore[assignment]
+        with pytest.raises(ConnectError, match="refused"):
+            connect(spec)
+    finally:
+        socket.create_connection = real  # type: ignore[assignment]
+    assert tries == []  # the early attempt's answer was the answer
+
+
+def test_a_connection_begun_and_never_taken_is_closed(sshd: SSHD) -> None:
+    from srsync import early_tcp
+
+    early_tcp.begin(sshd.host, sshd.port, 5.0, sshd.ssh_config)
+    begun = early_tcp._early[(sshd.host, sshd.port)].result(timeout=10)
+    drop_warm()  # the end of a run
+    assert begun.fileno() == -1 and not early_tcp._early

@@ -151,6 +151,11 @@ def warm_up_jobs(jobs: Sequence[JobSpec]) -> None:
                 todo.append((job, target.name, list(roots), roots))
     if not todo:
         return
+    from srsync import early_tcp
+
+    for _job, _target, specs, _roots in todo:
+        for spec in specs:  # the server starts its side while paramiko loads
+            early_tcp.begin(spec.host, spec.port, spec.timeout, spec.ssh_config)
     import srsync.ssh.connection  # noqa: F401  (CPU-bound: first, before anything competes)
     from srsync.endpoints.registry import warm_up
     from srsync.engine.statedir import state_dir_for

@@ -308,7 +308,11 @@ def take_pool(job: str, target: str, cache_dir: Path | None) -> EndpointPool:
 
 
 def drop_warm() -> None:
-    """Close the connections of every pool warm_up started and no run took."""
+    """Close the connections of every pool warm_up started and no run took (and any
+    TCP connection begun before them and never used: ``srsync.early_tcp``)."""
+    from srsync import early_tcp
+
+    early_tcp.close_unused()
     with _warm_lock:
         pools = list(_warm.values())
         _warm.clear()

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, NamedTuple, cast
 
 import paramiko
 
+from srsync import early_tcp
 from srsync.errors import AuthError, ConnectError
 from srsync.jobspec import ConnSpec
 from srsync.ssh import hostkeys, inbound, rekey
@@ -330,8 +331,11 @@ class _PromptAckSocket(socket.socket):
 
 
 def _tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
-    """A connected TCP socket to ``host:port``: no Nagle, prompt acknowledgements."""
-    with socket.create_connection((host, port), timeout=timeout) as plain:
+    """A connected TCP socket to ``host:port``: no Nagle, prompt acknowledgements.
+
+    The connection a one-shot run began before loading paramiko is taken when it is
+    to this address (see ``srsync.early_tcp``)."""
+    with early_tcp.take(host, port) or socket.create_connection((host, port), timeout=timeout) as plain:
         # SFTP pipelines many small requests; Nagle would hold each
         # burst back by a round trip
         plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
