@@ -199,7 +199,12 @@ def test_an_early_connection_that_fails_is_reported_once_like_any(tmp_path: Path
     tries: list[object] = []
     real = socket.create_connection
     try:
-        socket.create_connection = lambda *a, **k: tries.append(a) or real(*a, **k)  # type: ignore[assignment]
+        def spy(address: tuple[str, int], *a: object, **k: object) -> socket.socket:
+            if address[1] == port:  # (another test's thread may connect elsewhere meanwhile)
+                tries.append(address)
+            return real(address, *a, **k)  # type: ignore[arg-type]
+
+        socket.create_connection = spy  # type: ignore[assignment]
         with pytest.raises(ConnectError, match="refused"):
             connect(spec)
     finally:
