@@ -269,3 +269,21 @@ def test_the_summary_in_a_log_is_plain_aligned_columns(tmp_path: Path) -> None:
         assert row[header.index("result") :].split()[0] == "ok"
         end = header.index("created") + len("created")
         assert row[:end].split()[-1] == created
+
+
+def test_log_lines_show_names_exactly_as_they_are(tmp_path: Path) -> None:
+    """Off a terminal, a pair's line carries its paths verbatim: markup-like brackets and
+    emoji codes in a name are neither styled nor replaced."""
+    odd = "m[bold]x:smile:"
+    make_tree(tmp_path / odd, {"f": b"1"})
+    write_conf(tmp_path / "conf", "odd", f"""
+        [[targets]]
+          [[targets.paths]]
+          mirror = "../{odd}"
+          target = "../t"
+    """)
+    proc = srsync("autorun", "--conf-dir", str(tmp_path / "conf"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("odd: "))
+    assert f"{tmp_path / odd} -> " in line and ": ok: 1 created" in line
+    assert "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in proc.stdout
