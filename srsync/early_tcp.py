@@ -15,10 +15,11 @@ not taken is closed at the end of the run (``close_unused``).
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from concurrent.futures import Future
+
+from srsync.jobspec import ssh_config_file
 
 # ssh_config keywords that can change where a host's connection goes, or how it gets there
 _REROUTING = frozenset({
@@ -33,12 +34,11 @@ _lock = threading.Lock()
 def config_keeps_address(path: str | None) -> bool:
     """Whether the ssh config at ``path`` (None: ~/.ssh/config if any) leaves every host
     at the name and port the job gives; False when unsure (unreadable, say)."""
-    if path is None:
-        path = os.path.join(os.path.expanduser("~"), ".ssh", "config")
-        if not os.path.isfile(path):
-            return True
+    found = ssh_config_file(path)
+    if found is None:
+        return True
     try:
-        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+        with open(found, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
         return False

@@ -6,6 +6,7 @@ edge; nothing below the CLI sees a pydantic object.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 ZERO2ONE = "Zero2One"
@@ -37,6 +38,15 @@ class ConnSpec:
         who = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
         return f"{who}{self.host}{port}"
+
+
+def ssh_config_file(setting: str | None) -> str | None:
+    """The ssh config file a ConnSpec's ``ssh_config`` names: that path, or for None
+    ~/.ssh/config when it exists; None when there is no file to read."""
+    if setting is not None:
+        return os.path.expanduser(setting)
+    default = os.path.join(os.path.expanduser("~"), ".ssh", "config")
+    return default if os.path.isfile(default) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ import shlex
 import struct
 import threading
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 # Modules the helper needs, in import order; all stdlib-only.  They keep their
@@ -133,14 +132,6 @@ _made: dict[str, bytes] = {}
 _made_lock = threading.Lock()
 
 
-def _made_once(key: str, build: Callable[[], bytes]) -> bytes:
-    with _made_lock:
-        got = _made.get(key)
-        if got is None:
-            got = _made[key] = build()
-        return got
-
-
 def _program_parts() -> tuple[bytes, bytes]:
     """(program, sources): always made together (the program gives each source's size)."""
     with _made_lock:
@@ -158,7 +149,10 @@ def _sources() -> bytes:
 
 
 def _local_bytecode() -> bytes:
-    return _made_once("bytecode", lambda: _bytecode(importlib.util.MAGIC_NUMBER))
+    with _made_lock:
+        if "bytecode" not in _made:
+            _made["bytecode"] = _bytecode(importlib.util.MAGIC_NUMBER)
+        return _made["bytecode"]
 
 
 # ---- the payload kept between runs ----------------------------------------------

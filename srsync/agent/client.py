@@ -149,7 +149,7 @@ class AgentClient:
         """Send the program, wait for its greeting, agree on the protocol version.
 
         The greeting (and with ``root``, the request to serve that directory, taken
-        by ``take_root``) goes with the program, for the helper to read once running:
+        by ``root_call``) goes with the program, for the helper to read once running:
         the answers come right after its start, not a round trip each later.
         """
         try:
@@ -175,10 +175,13 @@ class AgentClient:
         self.info = info
         return info
 
-    def take_root(self, root: str) -> Call | None:
-        """The "root" request ``start`` already sent, if it was for ``root`` (once)."""
+    def root_call(self, root: str) -> Call:
+        """The request to serve ``root``: the one ``start`` already sent if it was for
+        ``root`` (taken once), else a new one."""
         early, self._root_call = self._root_call, None
-        return early[1] if early is not None and early[0] == root else None
+        if early is not None and early[0] == root:
+            return early[1]
+        return self.call("root", [root])
 
     def _await_magic(self) -> bytes:
         buf = b""

@@ -298,8 +298,7 @@ class AgentEndpoint(Endpoint):
         self._streams = max(1, streams)
         self._client = client if client is not None else self._start(root)
         try:
-            call = self._client.take_root(root) or self._client.call("root", [root])
-            self.root = self._client.result(call).meta["root"]
+            self.root = self._client.result(self._client.root_call(root)).meta["root"]
         except BaseException:
             self._client.close()
             raise
@@ -316,7 +315,7 @@ class AgentEndpoint(Endpoint):
         self._staged = False  # the helper holds a copy staged by block_signature
 
     def _start(self, root: str) -> AgentClient:
-        """A helper for this endpoint, asked at once to serve ``root`` (see ``take_root``)."""
+        """A helper for this endpoint, asked at once to serve ``root`` (see ``AgentClient.root_call``)."""
         conn = self._conn
         return start_client(conn.open_command, conn.label, conn.io_timeout, self._python, conn.near, root)
 
@@ -758,7 +757,7 @@ class AgentEndpoint(Endpoint):
             self._starting += 1
         try:
             helper = self._start(self.root)
-            helper.result(helper.take_root(self.root) or helper.call("root", [self.root]))
+            helper.result(helper.root_call(self.root))
         except (HelperUnavailable, ConnectError, OSError):
             self._extra_refused = True  # fewer streams then
             return None

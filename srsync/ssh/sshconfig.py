@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import paramiko
 
 from srsync.errors import ConfigError
-from srsync.jobspec import ConnSpec
+from srsync.jobspec import ConnSpec, ssh_config_file
 
 DEFAULT_PORT = 22
 # OpenSSH's default identities, tried only when none is configured anywhere.
@@ -40,17 +40,12 @@ class HostSettings:
         return f"{self.user}@{self.hostname}:{self.port}"
 
 
-def default_ssh_config() -> str:
-    return os.path.join(os.path.expanduser("~"), ".ssh", "config")
-
-
-def load_ssh_config(path: str | None) -> paramiko.SSHConfig:
-    """Parse ``path``; None means ~/.ssh/config when it exists, else an empty config."""
+def load_ssh_config(setting: str | None) -> paramiko.SSHConfig:
+    """Parse the file ``setting`` names (see ``ssh_config_file``): None means
+    ~/.ssh/config when it exists, else an empty config."""
+    path = ssh_config_file(setting)
     if path is None:
-        path = default_ssh_config()
-        if not os.path.isfile(path):
-            return paramiko.SSHConfig()
-    path = os.path.expanduser(path)
+        return paramiko.SSHConfig()
     try:
         return paramiko.SSHConfig.from_path(path)
     except FileNotFoundError as exc:

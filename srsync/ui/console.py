@@ -79,6 +79,9 @@ class ConsoleReporter(Reporter):
         self.live = console.is_terminal and not quiet
         self._lock = threading.Lock()
         self._out_lock = threading.Lock()  # whole lines, from parallel jobs
+        # off a terminal, lines are written as plain text (see _print); asked once, not per line
+        self._plain_out = not console.is_terminal
+        self._plain_err = not self.err.is_terminal
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         if self.live:
@@ -112,14 +115,17 @@ class ConsoleReporter(Reporter):
 
     def _line(self, text: str) -> None:
         if not self.quiet:
-            self._print(self.console, text)
+            self._print(self.console, text, self._plain_out)
 
-    def _print(self, console: Console, text: str) -> None:
+    def _err_line(self, text: str) -> None:
+        self._print(self.err, text, self._plain_err)
+
+    def _print(self, console: Console, text: str, plain: bool) -> None:
         """Print one line of markup: through rich on a terminal; anywhere else as its plain
         text, written at once: names exactly as they are (rich would turn an emoji code
         in a file name into an emoji), and none of the ~3.6 ms a console's first print
         costs in set-up, at the very end of a short run."""
-        if console.is_terminal:
+        if not plain:
             console.print(text)
             return
         with self._out_lock:
@@ -173,23 +179,23 @@ class ConsoleReporter(Reporter):
 
     def problem(self, job: str, problem: Problem) -> None:
         side = f"{problem.side} " if problem.side else ""
-        self._print(self.err, f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
-                           f"{escape(problem.message)}[/]")
+        self._err_line(f"[yellow]{escape(job)}: {side}{escape(problem.path or '/')}: "
+                       f"{escape(problem.message)}[/]")
 
     def conflict(self, job: str, conflict: Conflict) -> None:
         what = conflict.resolution or "left for review (srsync conflicts)"
-        self._print(self.err, f"[magenta]{escape(job)}: conflict at {escape(conflict.path)}: "
+        self._err_line(f"[magenta]{escape(job)}: conflict at {escape(conflict.path)}: "
                        f"{escape(conflict.reason)}; {escape(what)}[/]")
 
     def halted(self, job: str, reason: str) -> None:
-        self._print(self.err, f"[red]{escape(job)}: halted: {escape(reason)}[/]")
+        self._err_line(f"[red]{escape(job)}: halted: {escape(reason)}[/]")
 
     def message(self, job: str, text: str) -> None:
-        self._print(self.err, f"{escape(job)}: {escape(text)}")
+        self._err_line(f"{escape(job)}: {escape(text)}")
 
     def pair_done(self, job: str, result: PairResult) -> None:
         if result.outcome == "failed":
-            self._print(self.err, f"[red]{escape(job)}: {escape(result.error)}[/]")
+            self._err_line(f"[red]{escape(job)}: {escape(result.error)}[/]")
         elif not self.live and not self.quiet and not result.dry_run:
             a = result.applied
             self._line(
