@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import subprocess
@@ -584,3 +585,33 @@ def test_hard_links_for_the_trash(
         ep.link("f", "keep/f")
     with pytest.raises(FileNotFoundError):
         ep.link("missing", "keep/g")
+
+
+def test_upload_refused_while_still_sending_leaves_the_helper_usable(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path
+) -> None:
+    """The helper refuses an upload (here: its parent is a file) and the client sees the
+    refusal before it has sent everything: the refusal is the result, and the same helper
+    serves the next call (the client once waited for an answer to its abort that never
+    comes, until the connection was judged stalled and closed)."""
+    (tmp_path / "p").write_bytes(b"a file, not a folder")
+    ep = agent_endpoint_factory(str(tmp_path))
+    client = ep._client
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 65536
+        client.flush()
+        deadline = time.monotonic() + 10
+        while client._calls and time.monotonic() < deadline:  # until the refusal has arrived
+            time.sleep(0.005)
+        assert not client._calls, "the helper did not refuse the upload"
+        yield b"y" * 65536
+        yield b"z" * 65536
+
+    with pytest.raises(OSError) as got:
+        ep.write_file("p/f", chunks(), 0o644, T0)
+    assert got.value.errno == errno.ENOTDIR, got.value
+    assert ep.stat("p") is not None and ep._client is client and client.alive
+    data = os.urandom(300_000)
+    entry = ep.write_file("g", iter([data]), 0o644, T0)
+    assert entry.size == len(data) and (tmp_path / "g").read_bytes() == data

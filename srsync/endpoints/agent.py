@@ -937,10 +937,11 @@ def _may_overtake(touched: set[str], path: RelPath) -> bool:
 def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes], flush: bool = False) -> Entry:
     """Stream ``blocks`` as DATA of an upload call, then END; returns the installed entry.
 
-    Any failure (of the source, or the helper refusing early) aborts the call,
-    which drops the helper's temporary file, and is raised.  ``flush``: send
+    A failure of the source aborts the call, which drops the helper's temporary
+    file, and is raised; so is the helper's refusal (it dropped the file itself).  ``flush``: send
     each block at once (not when the send buffer fills).
     """
+    early: OSError | None = None
     try:
         for block in blocks:
             client.data(call, block)
@@ -948,12 +949,16 @@ def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes], flush: boo
                 client.flush()
             early = client.failed_early(call)
             if early is not None:
-                raise early
+                break
     except BaseException:
         with contextlib.suppress(OSError, ConnectError):
             client.abort(call)
             client.result(call)
         raise
+    if early is not None:
+        # the helper has answered and forgotten the call: an abort would get no answer,
+        # and waiting for one would end, after the I/O timeout, as a stalled connection
+        raise early
     client.end(call)
     entry = entry_from_json(client.result(call).meta["e"])
     assert entry is not None
