@@ -615,3 +615,23 @@ def test_upload_refused_while_still_sending_leaves_the_helper_usable(
     data = os.urandom(300_000)
     entry = ep.write_file("g", iter([data]), 0o644, T0)
     assert entry.size == len(data) and (tmp_path / "g").read_bytes() == data
+
+
+def test_striped_upload_refused_at_open_leaves_the_helper_usable(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper refuses the temporary copy of a striped upload (its parent is a file):
+    that file fails alone, and the big file after it still goes over the same channels
+    (the client once asked again for the refused answer, waited until the I/O timeout
+    closed the channel as stalled, and the next file failed with it)."""
+    _force_striping(monkeypatch)
+    (tmp_path / "p").write_bytes(b"a file, not a folder")
+    ep = agent_endpoint_factory(str(tmp_path), streams=3)
+    size = 2 * 1024 * 1024
+    data = os.urandom(size)
+    steps = [Step(StepKind.WRITE, name, None, Entry(Kind.FILE, size=size, mode=0o644, mtime_ns=T0), True,
+                  chunks=iter([data])) for name in ("p/big", "big")]
+    refused, installed = list(ep.apply_steps(steps))
+    assert isinstance(refused, OSError) and refused.errno == errno.ENOTDIR, refused
+    assert isinstance(installed, Entry) and (tmp_path / "big").read_bytes() == data
+    assert ep._client.alive and sorted(os.listdir(tmp_path)) == ["big", "p"]

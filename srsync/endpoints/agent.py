@@ -263,11 +263,13 @@ class _Reader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            with contextlib.suppress(OSError, ConnectError):
+            with contextlib.suppress(ConnectError):
                 for call in self._inflight:
-                    self._client.result_raw(call)
+                    with contextlib.suppress(OSError):  # one refused range: the others still answer
+                        self._client.result_raw(call)
                 self._inflight.clear()
-                self._client.result(self._client.call("close_r", [self._handle]))
+                with contextlib.suppress(OSError):
+                    self._client.result(self._client.call("close_r", [self._handle]))
         super().close()
 
 
@@ -880,9 +882,10 @@ class AgentEndpoint(Endpoint):
                     break
                 yield client.result_raw(calls.popleft()).raw
         finally:
-            with contextlib.suppress(OSError, ConnectError):
+            with contextlib.suppress(ConnectError):
                 for call in calls:
-                    client.result_raw(call)
+                    with contextlib.suppress(OSError):
+                        client.result_raw(call)
             with contextlib.suppress(OSError, ConnectError):
                 client.result(client.call("close_r", [handle.rid]))
 

@@ -66,7 +66,7 @@ class StripedFile:
         self.label = label  # the path as the user knows it, for messages
         self.size = size
         self.commit_args = commit_args  # pw_commit's [mode, mtime_ns, guard]
-        self.opening: Call | None = None  # pw_open, sent ahead
+        self.opening: Call | None = None  # pw_open, sent ahead; None again once its answer is taken
         self.tmp: str | None = None
         self.pending = 0
         self.fed = False
@@ -186,8 +186,9 @@ class StripedUploads:
         main = self._main
         offset = 0
         try:
-            assert part.opening is not None
-            part.tmp = main.result(part.opening).meta["tmp"]
+            opening, part.opening = part.opening, None  # an answer is taken once, even a refusal
+            assert opening is not None
+            part.tmp = main.result(opening).meta["tmp"]
             for data in stripes(chunks, self._stripe):
                 if offset + len(data) > part.size:
                     raise OSError(errno.EAGAIN, "changed while being read; will retry next run", part.label)
@@ -249,8 +250,9 @@ class StripedUploads:
 
     def _abort(self, part: StripedFile) -> None:
         with contextlib.suppress(OSError, ConnectError):
-            if part.tmp is None and part.opening is not None:
-                part.tmp = self._main.result(part.opening).meta["tmp"]
+            if part.tmp is None and part.opening is not None:  # opened, never fed
+                opening, part.opening = part.opening, None
+                part.tmp = self._main.result(opening).meta["tmp"]
             if part.tmp is not None:
                 self._main.result(self._main.call("pw_abort", [part.rel, part.tmp]))
 
