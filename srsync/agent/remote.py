@@ -1295,12 +1295,6 @@ class Agent:
         slot = self.dirs.get(rel_dir) if self.dirs is not None else None
         dfd, prefix, modes = slot if slot is not None else self._dir(rel_dir)
         bname = name.encode("utf-8", "surrogateescape")
-        self.temp_count += 1
-        stem = self.temp_stem + b"%x-" % self.temp_count
-        if len(stem) + len(bname) <= NAME_MAX and bname.isascii():
-            tmp = prefix + stem + bname
-        else:
-            tmp = prefix + self._temp_name(bname)  # counts again: names stay unique
         mode &= 0o7777
         exact = modes.get(mode)  # does creating with ``mode`` give exactly ``mode`` here?
         if exact is None and (mode & 0o7000 or not mode & 0o200):
@@ -1316,7 +1310,12 @@ class Agent:
                 self.tmpfile = False  # not on this filesystem: named temporary files
             else:
                 try:
-                    self._fill_new(fd, raw, mode, mtime_ns, exact, modes)
+                    # _fill_new, with its usual case here: created exact, written at once
+                    written = os.write(fd, raw) if raw and exact else 0
+                    if exact and written == len(raw):
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
+                    else:
+                        self._fill_new(fd, raw, mode, mtime_ns, exact, modes, written)
                     try:
                         os.link(b"/proc/self/fd/%d" % fd, prefix + bname, dst_dir_fd=dfd, follow_symlinks=True)
                     except FileExistsError:
@@ -1324,6 +1323,12 @@ class Agent:
                 finally:
                     os.close(fd)
                 return
+        self.temp_count += 1
+        stem = self.temp_stem + b"%x-" % self.temp_count
+        if len(stem) + len(bname) <= NAME_MAX and bname.isascii():
+            tmp = prefix + stem + bname
+        else:
+            tmp = prefix + self._temp_name(bname)  # counts again: names stay unique
         fd = os.open(tmp, NEW_FILE, create_mode, dir_fd=dfd)
         try:
             try:
@@ -1347,11 +1352,13 @@ class Agent:
             raise
 
     def _fill_new(
-        self, fd: int, raw: bytes, mode: int, mtime_ns: int, exact: bool | None, modes: dict[int, bool]
+        self, fd: int, raw: bytes, mode: int, mtime_ns: int, exact: bool | None, modes: dict[int, bool],
+        written: int = 0,
     ) -> None:
-        """Write a small file's content, then its mode (unless created exact) and mtime."""
-        if raw:
-            written = os.write(fd, raw)
+        """Write a small file's content (from byte ``written`` on), then its mode (unless
+        created exact) and mtime."""
+        if len(raw) > written:
+            written += os.write(fd, raw[written:] if written else raw)
             if written < len(raw):
                 self._write_all(fd, raw[written:])
         if exact is None:
