@@ -635,3 +635,26 @@ def test_striped_upload_refused_at_open_leaves_the_helper_usable(
     assert isinstance(refused, OSError) and refused.errno == errno.ENOTDIR, refused
     assert isinstance(installed, Entry) and (tmp_path / "big").read_bytes() == data
     assert ep._client.alive and sorted(os.listdir(tmp_path)) == ["big", "p"]
+
+
+def test_waiting_again_for_an_answer_already_taken_fails_at_once(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path
+) -> None:
+    """A second wait for the same answer (a bug in srsync) is reported at once and leaves
+    the helper serving, instead of waiting for the I/O timeout and closing the channel."""
+    from srsync.errors import ConnectError
+
+    ep = agent_endpoint_factory(str(tmp_path))
+    client = ep._client
+    call = client.call("stat", ["nothing-here"])
+    client.result(call)
+    with pytest.raises(ConnectError, match="waited twice for the answer to its 'stat' request"):
+        client.result(call)
+    assert client.alive and ep.stat("nothing-here") is None
+    refused = client.call("mkdir", ["no-parent/d", 0o755, None])
+    with pytest.raises(OSError) as got:
+        client.result(refused)
+    assert got.value.errno == errno.ENOENT, got.value
+    with pytest.raises(ConnectError, match="waited twice"):
+        client.result(refused)
+    assert client.alive and ep.stat("nothing-here") is None

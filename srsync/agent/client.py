@@ -266,12 +266,12 @@ class AgentClient:
     def _deliver(self, kind: int, rid: int, meta: Any, raw: bytes) -> None:
         if kind == BEAT:
             return
-        with self._calls_lock:
+        with self._calls_lock:  # (the frame is queued before the call leaves _calls: see _next)
             call = self._calls.get(rid)
-            if call is not None and kind in (DONE, FAIL):
-                del self._calls[rid]
-        if call is not None:
-            call.frames.put((kind, meta, raw))
+            if call is not None:
+                call.frames.put((kind, meta, raw))
+                if kind in (DONE, FAIL):
+                    del self._calls[rid]
 
     # ---- sending ----------------------------------------------------------
     def _emit(self, kind: int, rid: int, meta: Any, raw: bytes | bytearray | memoryview) -> None:
@@ -348,6 +348,16 @@ class AgentClient:
     # ---- waiting ----------------------------------------------------------
     def _next(self, call: Call) -> tuple[int, Any, bytes]:
         self.flush()
+        if call.frames.empty():
+            with self._calls_lock:
+                taken = call.rid not in self._calls and call.frames.empty()
+            if taken:
+                # its last frame was taken already: nothing more will come, and waiting
+                # would end only when the I/O timeout judged the connection stalled
+                raise self._dead or ConnectError(
+                    f"srsync waited twice for the answer to its {call.op!r} request to the helper "
+                    f"on {self.label} (a bug; please report it)"
+                )
         started = time.monotonic()
         while True:
             # wake when the helper would have been quiet for the timeout (the
