@@ -328,6 +328,15 @@ class PairSession:
             if self.state is not None:
                 purge_expired(self.state, self.pair_key, {ALPHA: self.alpha, BETA: self.beta},
                               self.pair.trash_days)
+        record_summaries = (
+            not two_way and mirror_summaries and self.state is not None and sa.root_exists
+            and self.alpha.capabilities.summaries and self.beta.capabilities.summaries
+        )
+        listed_summaries: Future[dict[RelPath, str]] | None = None
+        if record_summaries and plan.operations:
+            # they depend on the mirror's listing alone: worked out while the plan runs,
+            # in the time this thread waits for the helpers
+            listed_summaries = _summaries_ahead(sa.entries, hidden)
         ex = Executor(self.alpha, self.beta, self.reporter, self.job, self.stop, trash).run(plan)
         res.applied = ex.applied
         res.applied.conflicts = len(rec.conflicts)
@@ -335,8 +344,12 @@ class PairSession:
         if two_way and self.state is not None:
             self._record(stored, rec, ex.failed_paths, frozen, hidden, migrate=summaries is None)
         elif mirror_summaries and self.state is not None and sa.root_exists:
-            if self.alpha.capabilities.summaries and self.beta.capabilities.summaries:
-                self._record_summaries(sa.entries, hidden, summaries or {}, frozen)
+            if record_summaries:
+                listed = (
+                    listed_summaries.result() if listed_summaries is not None
+                    else snapshot_summaries(sa.entries, skip=hidden)
+                )
+                self._record_summaries(listed, hidden, summaries or {}, frozen)
             elif summaries:  # (a side that cannot leave directories out would have them all relisted)
                 self.state.save_mirror_summaries(self.pair_key, {})
         if ex.error:
@@ -371,16 +384,16 @@ class PairSession:
             res.temp_files.extend(t for t in got.temp_files if t not in res.temp_files)
 
     def _record_summaries(
-        self, listed: Snapshot, hidden: dict[RelPath, int], old: dict[RelPath, str], frozen: set[str]
+        self, out: dict[RelPath, str], hidden: dict[RelPath, int], old: dict[RelPath, str], frozen: set[str]
     ) -> None:
-        """Store the mirror's directory summaries, as listed this run, for the next one-way scan.
+        """Store the mirror's directory summaries, as listed this run (``out``: from
+        ``snapshot_summaries`` skipping ``hidden``), for the next one-way scan.
 
         A directory left out on both sides keeps its summary.  One holding or
         under a path frozen this run gets none, so that it is listed, and its
         problem reported, every time.
         """
         assert self.state is not None
-        out = snapshot_summaries(listed, skip=hidden)
         for d in hidden:
             if (kept := old.get(d)) is not None:
                 out[d] = kept
@@ -447,3 +460,17 @@ def _describe_entry(e: Entry | None) -> str:
     if e.kind is Kind.LINK:
         return f"symlink to {e.target}"
     return "directory"
+
+
+def _summaries_ahead(listed: Snapshot, hidden: dict[RelPath, int]) -> Future[dict[RelPath, str]]:
+    """``snapshot_summaries(listed, skip=hidden)`` worked out in a thread of its own."""
+    done: Future[dict[RelPath, str]] = Future()
+
+    def work() -> None:
+        try:
+            done.set_result(snapshot_summaries(listed, skip=hidden))
+        except BaseException as exc:  # noqa: BLE001 (raised again where the result is taken)
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="summaries", daemon=True).start()
+    return done
