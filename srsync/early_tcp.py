@@ -19,6 +19,7 @@ import socket
 import threading
 from concurrent.futures import Future
 
+from srsync.background import in_background
 from srsync.jobspec import ssh_config_file
 
 # ssh_config keywords that can change where a host's connection goes, or how it gets there
@@ -59,18 +60,8 @@ def begin(host: str, port: int | None, timeout: float, ssh_config: str | None) -
     if not config_keeps_address(ssh_config):
         return
     with _lock:
-        if key in _early:
-            return
-        pending: Future[socket.socket] = Future()
-        _early[key] = pending
-
-    def connect() -> None:
-        try:
-            pending.set_result(socket.create_connection(key, timeout=timeout))
-        except OSError as exc:
-            pending.set_exception(exc)
-
-    threading.Thread(target=connect, name="srsync-tcp", daemon=True).start()
+        if key not in _early:
+            _early[key] = in_background(socket.create_connection, key, timeout, name="srsync-tcp")
 
 
 def take(host: str, port: int) -> socket.socket | None:

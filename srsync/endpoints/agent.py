@@ -263,13 +263,9 @@ class _Reader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            with contextlib.suppress(ConnectError):
-                for call in self._inflight:
-                    with contextlib.suppress(OSError):  # one refused range: the others still answer
-                        self._client.result_raw(call)
-                self._inflight.clear()
-                with contextlib.suppress(OSError):
-                    self._client.result(self._client.call("close_r", [self._handle]))
+            _drain(self._client, self._inflight)
+            with contextlib.suppress(OSError, ConnectError):
+                self._client.result(self._client.call("close_r", [self._handle]))
         super().close()
 
 
@@ -882,10 +878,7 @@ class AgentEndpoint(Endpoint):
                     break
                 yield client.result_raw(calls.popleft()).raw
         finally:
-            with contextlib.suppress(ConnectError):
-                for call in calls:
-                    with contextlib.suppress(OSError):
-                        client.result_raw(call)
+            _drain(client, calls)
             with contextlib.suppress(OSError, ConnectError):
                 client.result(client.call("close_r", [handle.rid]))
 
@@ -935,6 +928,15 @@ def _may_overtake(touched: set[str], path: RelPath) -> bool:
         return False
     touched.add(path)
     return True
+
+
+def _drain(client: AgentClient, calls: deque[Call]) -> None:
+    """Take the answers of ``calls`` (reads given up on), emptying it; a refused one does
+    not keep the others from being taken, a dead channel ends it quietly."""
+    with contextlib.suppress(ConnectError):
+        while calls:
+            with contextlib.suppress(OSError):
+                client.result_raw(calls.popleft())
 
 
 def _upload(client: AgentClient, call: Call, blocks: Iterable[bytes], flush: bool = False) -> Entry:

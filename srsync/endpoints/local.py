@@ -24,7 +24,6 @@ import os
 import secrets
 import stat as st
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, suppress
@@ -39,6 +38,7 @@ from srsync.agent.delta import (
     rebuild_into,
     signature_fd,
 )
+from srsync.background import in_background
 from srsync.core.entry import Entry, Kind, Problem, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import (
@@ -932,21 +932,17 @@ class LocalEndpoint(Endpoint):
         if count < HELPER_WRITES or self._disk_names or not _local_helper_allowed():
             return
         self._drop_helper()
-        pending: Future[Endpoint | None] = Future()
-
-        def start() -> None:
-            try:
-                pending.set_result(self._start_helper())
-            except BaseException:  # (_start_helper catches what it expects) then applied here
-                pending.set_result(None)
-
-        self._helper = pending
-        threading.Thread(target=start, name="local-helper", daemon=True).start()
+        self._helper = in_background(self._start_helper, name="local-helper")
 
     def _take_helper(self) -> Endpoint | None:
         """The helper ``expect_writes`` started (once it is up), now the caller's; None if none."""
         pending, self._helper = self._helper, None
-        return pending.result() if pending is not None else None
+        if pending is None:
+            return None
+        try:
+            return pending.result()
+        except Exception:  # noqa: BLE001 (_start_helper catches what it expects; then steps are applied here)
+            return None
 
     def _drop_helper(self) -> None:
         helper = self._take_helper()

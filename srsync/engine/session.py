@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from srsync.background import in_background
 from srsync.core.compare import Comparator
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, Snapshot
 from srsync.core.ignore import IgnoreRules, filter_snapshot_paths
@@ -328,23 +329,21 @@ class PairSession:
             if self.state is not None:
                 purge_expired(self.state, self.pair_key, {ALPHA: self.alpha, BETA: self.beta},
                               self.pair.trash_days)
-        record_summaries = (
-            not two_way and mirror_summaries and self.state is not None and sa.root_exists
-            and self.alpha.capabilities.summaries and self.beta.capabilities.summaries
-        )
+        keep_summaries = mirror_summaries and sa.root_exists  # (one-way, with a state folder)
+        can_summarize = self.alpha.capabilities.summaries and self.beta.capabilities.summaries
         listed_summaries: Future[dict[RelPath, str]] | None = None
-        if record_summaries and plan.operations:
+        if keep_summaries and can_summarize and plan.operations:
             # they depend on the mirror's listing alone: worked out while the plan runs,
             # in the time this thread waits for the helpers
-            listed_summaries = _summaries_ahead(sa.entries, hidden)
+            listed_summaries = in_background(snapshot_summaries, sa.entries, hidden, name="summaries")
         ex = Executor(self.alpha, self.beta, self.reporter, self.job, self.stop, trash).run(plan)
         res.applied = ex.applied
         res.applied.conflicts = len(rec.conflicts)
         res.problems.extend(ex.problems)
         if two_way and self.state is not None:
             self._record(stored, rec, ex.failed_paths, frozen, hidden, migrate=summaries is None)
-        elif mirror_summaries and self.state is not None and sa.root_exists:
-            if record_summaries:
+        elif keep_summaries and self.state is not None:
+            if can_summarize:
                 listed = (
                     listed_summaries.result() if listed_summaries is not None
                     else snapshot_summaries(sa.entries, skip=hidden)
@@ -461,16 +460,3 @@ def _describe_entry(e: Entry | None) -> str:
         return f"symlink to {e.target}"
     return "directory"
 
-
-def _summaries_ahead(listed: Snapshot, hidden: dict[RelPath, int]) -> Future[dict[RelPath, str]]:
-    """``snapshot_summaries(listed, skip=hidden)`` worked out in a thread of its own."""
-    done: Future[dict[RelPath, str]] = Future()
-
-    def work() -> None:
-        try:
-            done.set_result(snapshot_summaries(listed, skip=hidden))
-        except BaseException as exc:  # noqa: BLE001 (raised again where the result is taken)
-            done.set_exception(exc)
-
-    threading.Thread(target=work, name="summaries", daemon=True).start()
-    return done
