@@ -248,3 +248,52 @@ def test_a_damaged_or_unwritable_copy_only_means_building(tmp_path: Path, monkey
     agent_pkg.load_payload(blocked)
     assert agent_pkg.payload() == good
     assert blocked.read_text() == "not a folder"
+
+
+# ---- a venv's interpreter: its own site-packages, though started with -S -----------------
+
+
+def _venv_with_xxhash(tmp_path: Path) -> Path:
+    """A venv of this interpreter (no pip) whose own site-packages holds xxhash (linked)."""
+    import subprocess
+    import sys
+
+    import xxhash
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site_dir = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert site_dir.is_dir()
+    (site_dir / "xxhash").symlink_to(Path(xxhash.__file__).parent, target_is_directory=True)
+    return venv
+
+
+def test_loader_adds_the_venvs_site_packages(tmp_path: Path) -> None:
+    """-S skips the venv's pyvenv.cfg, so ``site`` names only the base's directories;
+    the loader adds the venv's own, where its packages (xxhash) are."""
+    import subprocess
+
+    import srsync.agent as agent_pkg
+
+    venv = _venv_with_xxhash(tmp_path)
+    head = agent_pkg._LOADER.split("# after this program")[0]
+    code = f"TOO_OLD = {agent_pkg.TOO_OLD}\n{head}\nimport xxhash\nprint(xxhash.__file__)\nprint(sys.path)\n"
+    out = subprocess.run([str(venv / "bin" / "python3"), "-S", "-c", code], check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    site_dir = str(next(venv.glob("lib/python*/site-packages")))
+    assert out[0].startswith(site_dir)  # found in the venv, before any other copy
+    assert site_dir in eval(out[1])  # noqa: S307  (our own print of a list of str)
+
+
+def test_helper_under_a_venvs_python_finds_its_packages(sshd: SSHD, tmp_path: Path) -> None:
+    venv = _venv_with_xxhash(tmp_path)
+    data = b"hash me" * 1000
+    make_tree(tmp_path / "root", {"f": data})
+    python = str(venv / "bin" / "python3")
+    with EndpointPool(helper=python) as pool:
+        ep = _open(pool, Location(str(tmp_path / "root"), sshd.conn_spec()))
+        assert ep.helper_info["executable"] == python
+        assert ep.helper_info["xxhash"] is True
+        from srsync.endpoints.hashing import digest_bytes
+
+        assert ep.hash_file("f") == digest_bytes(data)

@@ -37,9 +37,15 @@ if sys.flags.no_site:
     # started with -S (skips .pth processing, ~50 ms): the plain site-packages
     # directories still count, for the optional xxhash
     try:
-        import site
-        for _dir in site.getsitepackages() + [site.getusersitepackages()]:
-            if _dir not in sys.path:
+        import os, site
+        _dirs = site.getsitepackages() + [site.getusersitepackages()]
+        # a venv's interpreter: -S also skips reading its pyvenv.cfg, so its own
+        # site-packages would be missed (site.getsitepackages() names the base's)
+        _venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable or ".")))
+        if sys.prefix == sys.base_prefix and os.path.isfile(os.path.join(_venv, "pyvenv.cfg")):
+            _dirs.insert(0, os.path.join(_venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+        for _dir in _dirs:
+            if _dir not in sys.path and os.path.isdir(_dir):
                 sys.path.append(_dir)
     except Exception:
         pass
