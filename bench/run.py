@@ -79,6 +79,7 @@ class Bench:
         self.conf_dir = self.run_dir / "conf"
         self.code_path = REPO
         self.python = sys.executable  # what runs srsync (see prepare_interpreter)
+        self.helper_python: str | None = None  # with --python: what runs the helpers too
 
     # ---- setup -----------------------------------------------------------
     def snapshot_srsync(self) -> str:
@@ -115,12 +116,13 @@ class Bench:
         Python process) are not charged to srsync.  ``--system-python`` runs
         srsync under this interpreter as it is, hooks included.
         """
+        base = self.args.python or sys.executable
         if self.args.system_python:
             self.python = sys.executable
         else:
             venv = self.run_dir / "venv"
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
             python = venv / "bin" / "python3"
             purelib = subprocess.run(
                 [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -128,9 +130,18 @@ class Bench:
             ).stdout.strip()
             dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(d)]
             (Path(purelib) / "srsync-bench-deps.pth").write_text("".join(d + "\n" for d in dirs))
+            if self.args.python:
+                # the helpers run this venv's python too, started with -S: no .pth is
+                # read then, so their one optional package is linked in directly
+                import xxhash
+
+                (Path(purelib) / "xxhash").symlink_to(Path(xxhash.__file__).parent, target_is_directory=True)
+                self.helper_python = str(python)
             self.python = str(python)
         return {
             "python": self.python,
+            "base": base,
+            "helper": self.helper_python or "python3 (the server's PATH)",
             "mode": "system" if self.args.system_python else "venv",
             "start_ms": {"this_interpreter": _start_ms(sys.executable), "srsync_runs_under": _start_ms(self.python)},
         }
@@ -180,6 +191,8 @@ class Bench:
         if state is not None:
             env["SRSYNC_STATE_DIR"] = str(state)
         env["UNISON"] = str(self.run_dir / "unison-local")
+        if self.helper_python:
+            env["SRSYNC_HELPER"] = self.helper_python
         return env
 
     def srsync_argv(self, direction: str, src: Path, dst: Path, name: str, two_way: bool = False) -> list[str]:
@@ -501,6 +514,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system-python", action="store_true",
                    help="run srsync under this interpreter as it is, with every start-up hook of its "
                    "site-packages (default: a bare venv reaching the same packages, as a pipx install)")
+    p.add_argument("--python", default=None, metavar="PATH",
+                   help="run srsync and its helpers under a venv of this interpreter instead (same X.Y "
+                   "as this one: the venv reaches this interpreter's packages), e.g. the system's "
+                   "/usr/bin/python3 where this one is an unoptimised build")
     p.add_argument("--keep", action="store_true", help="keep this run's sshd dir and client log")
     p.add_argument("--clean", action="store_true", help="delete the cached data sets at the end")
     args = p.parse_args(argv)
@@ -527,6 +544,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--loopback-only and --no-loopback exclude each other")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.python:
+        if args.system_python:
+            p.error("--python and --system-python exclude each other")
+        try:
+            found = subprocess.run([args.python, "-c", "import sys; print(sys.version_info[:2])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            p.error(f"--python {args.python}: cannot run it ({exc})")
+        if found != str(sys.version_info[:2]):
+            p.error(f"--python {args.python} is python {found}, this one {sys.version_info[:2]}: "
+                    "the venv reuses this interpreter's packages, so the versions must match")
     return args
 
 
@@ -564,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         starts = interpreter["start_ms"]
         say(f"srsync runs under {interpreter['python']} ({interpreter['mode']}); 'python -c pass' takes "
             f"{starts['srsync_runs_under']:.1f} ms there, {starts['this_interpreter']:.1f} ms under {sys.executable}")
+        say(f"srsync's helpers run under {interpreter['helper']}")
         bench.start_server()
         for rtt in passes:
             bench.begin_pass(rtt)
