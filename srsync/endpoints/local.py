@@ -88,9 +88,9 @@ _TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.pat
 # A long batch of small files is written by the helper run as a child process
 # (srsync.agent.pipe): its system calls (~22 us a new small file) then run beside
 # this process's reading and decoding.  Long: at least HELPER_WRITES files, as
-# announced by expect_writes (the executor knows a batch's files before reading
-# them), so the child starts (~30 ms; the calls of ~1500 files) while the first
-# contents are being read.
+# announced by expect_writes (a one-way session once the scans show that many new
+# paths, the executor again before reading a batch's files), so the child starts
+# (~30 ms; the calls of ~1500 files) before the first contents arrive.
 HELPER_WRITES = 4096
 LOCAL_HELPER_ENV = "SRSYNC_LOCAL_HELPER"  # "off": every step in this process
 _UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
@@ -928,10 +928,10 @@ class LocalEndpoint(Endpoint):
     # ---- batches -----------------------------------------------------------
     def expect_writes(self, count: int) -> None:
         """Start a helper in the background for a batch of at least HELPER_WRITES files;
-        the next ``apply_steps`` hands it every step."""
-        if count < HELPER_WRITES or self._disk_names or not _local_helper_allowed():
+        the next ``apply_steps`` hands it every step.  One already starting (announced
+        earlier, see ``PairSession._run``) is kept."""
+        if count < HELPER_WRITES or self._helper is not None or self._disk_names or not _local_helper_allowed():
             return
-        self._drop_helper()
         self._helper = in_background(self._start_helper, name="local-helper")
 
     def _take_helper(self) -> Endpoint | None:

@@ -230,6 +230,13 @@ class PairSession:
         sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries)
         if not two_way and (sa.quiet or sb.quiet):
             self._relist_one_sided(rules, sa, sb)
+        if not two_way and not self.options.dry_run:
+            # at least this many new paths for the target: a local one starts its writer
+            # now, on the core that reconciling and planning leave idle, not when the
+            # executor first needs it (see LocalEndpoint.expect_writes)
+            self.beta.expect_writes(
+                len(sa.entries) + sum(sa.quiet.values()) - len(sb.entries) - sum(sb.quiet.values())
+            )
         # directory -> files and links left out on both sides
         hidden = {d: n for d, n in sa.quiet.items() if d in sb.quiet}
         stored: Snapshot = {}
