@@ -209,6 +209,34 @@ def test_over_the_remote_helper(direction: str, sshd: Any, tmp_path: Path, seen:
     assert seen.quiet("m") == seen.quiet("t") == ALL | {"café"}
 
 
+@pytest.mark.parametrize("where", ["local", "push", "pull"])
+def test_a_quiet_directory_of_files_still_brings_its_ignore_file_and_its_changes(
+    where: str, sshd: Any, tmp_path: Path, seen: Seen
+) -> None:
+    # leaf directories of plain files take the scans' fast path (srsync.core.summary.summarize_files)
+    m, t = tmp_path / "m", tmp_path / "t"
+    make_tree(m, {"d/.srsyncignore": b"*.o\n", "d/a": b"a", "e/f": b"f", "e/g": b"g"})
+    job = local_job(m, t) if where == "local" else remote_job(*_remote(sshd, where, m, t))
+    assert run(job).exit_code == 0
+    _again(seen)
+    assert run(job).pairs[0].outcome == "unchanged"
+    assert seen.quiet("m") == seen.quiet("t") == {"", "d", "e"}
+    for side in ("m", "t"):
+        assert seen.scans[side].ignore_files == {"d": "*.o\n"}  # read although the directory is quiet
+
+    os.chmod(m / "e/f", 0o4755)  # only the mode, in a files-only directory
+    os.mkfifo(m / "d/pipe")  # a special file among plain ones: the full listing reports it
+    (m / "d/new.o").write_bytes(b"ignored")
+    _again(seen)
+    r = run(job)
+    assert (r.exit_code, r.pairs[0].error) == (3, "")  # (3: done, with problems)
+    assert seen.quiet("m") == seen.quiet("t") == {""}
+    assert seen.relists == {"t": {"d", "e"}}  # quiet there, listed again as the mirror changed
+    assert [p.path for p in r.pairs[0].problems] == ["d/pipe"]
+    assert os.stat(t / "e/f").st_mode & 0o7777 == 0o4755
+    assert not (t / "d/pipe").exists() and not (t / "d/new.o").exists()
+
+
 def test_the_helper_relists_only_directories_inside_its_root(
     agent_endpoint_factory: Callable[..., AgentEndpoint], tmp_path: Path
 ) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from srsync.core.entry import Entry, Kind
 from srsync.core.quiet import snapshot_summaries, summary_of
-from srsync.core.summary import TAG, summarize
+from srsync.core.summary import TAG, summarize, summarize_files
 
 T = 1_700_000_000_123_456_789
 
@@ -63,3 +66,26 @@ def test_snapshot_summaries_agree_with_summary_of_each_directory() -> None:
     }
     assert sums["d"] == summarize(["f"], [5], [T], [0o644], [("l", "f")])
     assert snapshot_summaries(snap, skip=["d"]).keys() == {"", "d/e"}
+
+
+def test_summarize_files_summarises_a_directory_of_plain_files_as_summarize_does(tmp_path: Path) -> None:
+    modes = {"a": 0o644, "b": 0o600, "c": 0o4755, "d": 0o2700, "e": 0o1777, "none": 0o000, "x": 0o755}
+    for i, (name, mode) in enumerate(modes.items()):
+        (tmp_path / name).write_bytes(b"x" * i)
+        os.chmod(tmp_path / name, mode)
+        os.utime(tmp_path / name, ns=(T, T + i))
+    names = sorted(os.listdir(tmp_path), reverse=True)  # (any order)
+    stats = [os.lstat(tmp_path / n) for n in names]
+    expected = summarize(names, [s.st_size for s in stats], [s.st_mtime_ns for s in stats], list(modes.values())[::-1], [])
+    assert summarize_files(names, stats) == expected
+    assert summarize_files([], []) == summarize([], [], [], [], [])
+
+
+def test_summarize_files_declines_anything_but_regular_files(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"f")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to("f")
+    os.mkfifo(tmp_path / "pipe")
+    for other in ("sub", "link", "pipe"):
+        names = ["f", other]
+        assert summarize_files(names, [os.lstat(tmp_path / n) for n in names]) is None

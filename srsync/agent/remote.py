@@ -65,7 +65,7 @@ from srsync.agent.delta import (
 )
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules, Rule, literal_match
 from srsync.core.paths import check_name, is_temp_name, nfc
-from srsync.core.summary import summarize
+from srsync.core.summary import summarize, summarize_files
 
 # The helper's start-up should not import ``typing`` (~5 ms) or ``collections``:
 # type-only imports go under this flag, which mypy takes as true.
@@ -1004,6 +1004,20 @@ class Agent:
         # (scandir never yields "", "." or ".."; a temp name anywhere takes the full listing)
         if not joined.isascii() or TEMP_PREFIX in joined:
             return False
+        check_files = rules.may_exclude_files()
+        if not check_files and items:
+            # the usual quiet directory, files only: the columns taken in C
+            try:
+                summary = summarize_files(names, [item.stat(follow_symlinks=False) for item in items])
+            except OSError:
+                return False
+            if summary is not None:
+                if summary != want:
+                    return False
+                if IGNORE_FILE in names:
+                    self._read_ignore_file(prefix + IGNORE_FILE, rel_dir, dfd, IGNORE_FILE, batch)
+                batch["q"].append([rel_dir, len(names)])
+                return True
         # the files' columns and the links, for the summary
         fnames: list[str] = []
         sizes: list[int] = []
@@ -1013,7 +1027,6 @@ class Agent:
         subdirs: list[tuple[str, Any]] = []
         ignore_file = False
         has_rules = bool(rules.rules)
-        check_files = rules.may_exclude_files()
         for item, name in zip(items, names):  # noqa: B905  (python 3.8: no strict=)
             try:
                 st = item.stat(follow_symlinks=False)

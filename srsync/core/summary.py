@@ -25,6 +25,11 @@ more than listing the file; packing them is a third of that.)
 from __future__ import annotations
 
 import struct
+from operator import attrgetter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from os import stat_result
 
 try:  # the same function as hashlib's, without hashlib's OpenSSL import (~3 ms of the helper's start)
     from _blake2 import blake2b as _blake2b
@@ -56,3 +61,26 @@ def summarize(
             text.append(target)
     digest.update("\0".join(text).encode("utf-8", "surrogatepass"))
     return TAG + digest.hexdigest()
+
+
+_size_of = attrgetter("st_size")
+_mtime_of = attrgetter("st_mtime_ns")
+_mode_of = attrgetter("st_mode")
+# a regular file's st_mode lies in [_REG_LOW, _REG_HIGH): type bits 0o100000 and any permission bits
+_REG_LOW = 0o100000
+_REG_HIGH = 0o110000
+
+
+def summarize_files(names: list[str], stats: list[stat_result]) -> str | None:
+    """``summarize`` of a directory that holds regular files only, from their names and
+    ``lstat`` results (in the same order); None when any entry is not a regular file.
+
+    The quiet rescans' common case (a leaf directory of files), with the columns
+    taken by C loops instead of a Python loop per file: ~0.4 us a file less.
+    """
+    modes = list(map(_mode_of, stats))
+    if modes and (min(modes) < _REG_LOW or max(modes) >= _REG_HIGH):
+        return None
+    return summarize(
+        names, list(map(_size_of, stats)), list(map(_mtime_of, stats)), [mode & 0o7777 for mode in modes], []
+    )

@@ -53,7 +53,7 @@ from srsync.core.paths import (
     validate_relpath,
 )
 from srsync.core.paths import temp_name as paths_temp_name
-from srsync.core.summary import summarize
+from srsync.core.summary import summarize, summarize_files
 from srsync.endpoints.base import (
     CHANGED,
     Capabilities,
@@ -317,13 +317,13 @@ class LocalEndpoint(Endpoint):
             return
         prefix = rel_dir + "/" if rel_dir else ""
         names = [item.name for item in items]
+        rels: list[RelPath] | None = None  # paths of plain names: built once needed
         if _plain_names(names):
             if TEMP_PREFIX in "".join(names):
                 keep = [i for i, name in enumerate(names) if not name.startswith(TEMP_PREFIX)]
                 result.temp_files.extend(prefix + name for name in names if name.startswith(TEMP_PREFIX))
                 items = [items[i] for i in keep]
                 names = [names[i] for i in keep]
-            rels = [prefix + name for name in names] if prefix else names
         else:
             items, names, rels = self._check_names(items, rel_dir, prefix, result)
         if not rel_dir:
@@ -334,7 +334,24 @@ class LocalEndpoint(Endpoint):
         is_excluded = rules.is_excluded
         has_ignore = IGNORE_FILE in names
         disk_slash = disk_dir if disk_dir.endswith("/") else disk_dir + "/"
-        if want is not None and len(problems) == problems_before:
+        try_quiet = want is not None and len(problems) == problems_before
+        if try_quiet and rels is None and not check_files and items:
+            # the usual quiet directory, files only: no paths built, columns taken in C
+            try:
+                summary = summarize_files(names, [item.stat(follow_symlinks=False) for item in items])
+            except OSError:
+                summary = None  # the full listing reports it
+            if summary is not None:
+                if summary == want:
+                    if has_ignore:
+                        self._read_ignore_file(fd, rel_dir, prefix + IGNORE_FILE, result)
+                    result.quiet[rel_dir] = len(names)
+                    return
+                try_quiet = False  # changed: the full listing
+        if rels is None:
+            rels = [prefix + name for name in names] if prefix else names
+        if try_quiet:
+            assert want is not None
             quiet = self._quiet_listing(fd, items, names, rels, len(prefix), rules, want)
             if quiet is not None:
                 subdirs, hidden, ignore_file = quiet
