@@ -156,6 +156,8 @@ def test_read_files_matches_slow_path(tmp_path: Path) -> None:
         FileRead("missing", 1), FileRead("d/missing", 1), FileRead("l", 1), FileRead("sub/x", 0),
         FileRead("a", 1),  # scanned smaller than it is: size + 1 bytes show the growth
         FileRead("d/b", 5000),  # scanned bigger: shorter content shows it
+        # (files are opened in their directory's fd: a directory that fails fails alone)
+        FileRead("gone/x", 1), FileRead("d/b", 4096), FileRead("a/x", 1), FileRead("d/b", 4096), FileRead("a", 3),
     ]
     fast = [_plain(r) for r in ep.read_files(files)]
     assert fast == _slow_read(ep, files)
@@ -167,6 +169,8 @@ def test_read_files_matches_slow_path(tmp_path: Path) -> None:
     assert fast[6] == (OSError, errno.ELOOP)  # a symlink is never read through
     assert fast[8] == (b"aa", fast[0][1])  # type: ignore[index]
     assert fast[9][0] == b"b" * 4096  # type: ignore[index]
+    assert fast[10] == (FileNotFoundError, errno.ENOENT) and fast[12] == (NotADirectoryError, errno.ENOTDIR)
+    assert fast[11] == fast[13] == fast[2] and fast[14] == fast[0]
 
 
 def test_read_files_sees_a_file_grown_after_the_scan(tmp_path: Path) -> None:
