@@ -27,9 +27,21 @@ from __future__ import annotations
 import struct
 from operator import attrgetter
 
+# Shipped to the remote helper, whose start-up should not import ``typing``:
+# type-only names go under this flag, which mypy takes as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from os import stat_result
+    from typing import Protocol
+
+    class FileStat(Protocol):
+        """The fields of an ``lstat`` result that a summary uses."""
+
+        @property
+        def st_size(self) -> int: ...
+        @property
+        def st_mtime_ns(self) -> int: ...
+        @property
+        def st_mode(self) -> int: ...
 
 try:  # the same function as hashlib's, without hashlib's OpenSSL import (~3 ms of the helper's start)
     from _blake2 import blake2b as _blake2b
@@ -71,7 +83,7 @@ _REG_LOW = 0o100000
 _REG_HIGH = 0o110000
 
 
-def summarize_files(names: list[str], stats: list[stat_result]) -> str | None:
+def summarize_files(names: list[str], stats: list[FileStat]) -> str | None:
     """``summarize`` of a directory that holds regular files only, from their names and
     ``lstat`` results (in the same order); None when any entry is not a regular file.
 

@@ -340,14 +340,14 @@ class LocalEndpoint(Endpoint):
             try:
                 summary = summarize_files(names, [item.stat(follow_symlinks=False) for item in items])
             except OSError:
-                summary = None  # the full listing reports it
+                summary, try_quiet = None, False  # the full listing reports it
+            if summary == want:
+                if has_ignore:
+                    self._read_ignore_file(fd, rel_dir, prefix + IGNORE_FILE, result)
+                result.quiet[rel_dir] = len(names)
+                return
             if summary is not None:
-                if summary == want:
-                    if has_ignore:
-                        self._read_ignore_file(fd, rel_dir, prefix + IGNORE_FILE, result)
-                    result.quiet[rel_dir] = len(names)
-                    return
-                try_quiet = False  # changed: the full listing
+                try_quiet = False  # files only, and changed: the full listing
         if rels is None:
             rels = [prefix + name for name in names] if prefix else names
         if try_quiet:
