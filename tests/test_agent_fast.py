@@ -294,9 +294,9 @@ def test_helper_put_of_a_new_file_never_replaces_a_taken_name(tmp_path: Path, un
     (tmp_path / "taken").write_bytes(b"already there")
     own = agent._scope()
     try:
-        agent._put(["new", 0o640, T0, [None]], b"content")
+        agent._put("new", 0o640, T0, [None], b"content")
         with pytest.raises(remote.CallFailed) as refused:
-            agent._put(["taken", 0o640, T0, [None]], b"content")
+            agent._put("taken", 0o640, T0, [None], b"content")
     finally:
         if own:
             agent._end_scope()
@@ -343,3 +343,104 @@ def test_helper_codec_falls_back_to_the_json_module(monkeypatch: pytest.MonkeyPa
     for value in FRAME_VALUES:
         assert decode(encode(value).encode("ascii")) == value
     assert encode({"a": [1, "é"]}) == remote._encode({"a": [1, "é"]})
+
+
+# ---- puts and read_files in columns --------------------------------------------------
+
+ODD_NAMES = ["plain", "with\nnewline", "ünï cödé", os.fsdecode(b"bad\xffbyte"), "tab\tand space ", "\U0001f600"]
+
+
+def test_columns_and_names_read_back_exactly() -> None:
+    names = [*ODD_NAMES, "", "lone\ud800surrogate", "x" * 300]
+    assert remote.unpack_names(remote.pack_names(names), len(names)) == names
+    assert remote.unpack_names(b"", 0) == []
+    columns = [[0, 2**32 - 1, 7], [0, 0o7777, 0o644], [-(2**63), 2**63 - 1, T0]]
+    raw = b"head" + remote.pack_columns(remote.PUT_COLUMNS, columns) + b"tail"
+    got, end = remote.unpack_columns(remote.PUT_COLUMNS, 3, raw, 4)
+    assert [list(c) for c in got] == columns and raw[end:] == b"tail"
+    for short in (raw[: end - 1 - 4], b""):  # cut short: refused, never read past
+        with pytest.raises(ValueError):
+            remote.unpack_columns(remote.PUT_COLUMNS, 3, short, 0)
+    # a count that does not match the names (a NUL inside one would do that) is refused
+    for raw_names, count in ((remote.pack_names(["a", "b"]), 1), (b"a\x00b\x00c", 2), (b"a", 0)):
+        with pytest.raises(ValueError):
+            remote.unpack_names(raw_names, count)
+    import struct
+
+    with pytest.raises((struct.error, OverflowError)):
+        remote.pack_columns(remote.PUT_COLUMNS, [[1], [0o644], [FAR_FUTURE]])
+
+
+def test_puts_and_reads_with_any_names_and_numbers(agent_endpoint_factory: AgentFactory, tmp_path: Path) -> None:
+    """Over sshd: names that need escaping, a failing put amid a batch of mixed calls, and
+    mtimes past what the columns hold (those batches and answers are spelled out)."""
+    ep = agent_endpoint_factory(str(tmp_path))
+    (tmp_path / "taken").write_bytes(b"was here")
+    d = Entry(Kind.DIR, mode=0o750)
+    steps = [Step(StepKind.MKDIR, "d", None, d)]
+    for i, name in enumerate(ODD_NAMES):
+        steps.append(Step(StepKind.WRITE, f"d/{name}", None, _file(0o640, i, T0 + i), data=b"%d" % i * i))
+    steps.append(Step(StepKind.WRITE, "taken", None, _file(size=3), data=b"new"))  # refused: not empty
+    steps.append(Step(StepKind.LINK, "d/ln", None, Entry(Kind.LINK, target=ODD_NAMES[1])))
+    steps.append(Step(StepKind.WRITE, "d/unguarded", None, _file(size=1), guarded=False, data=b"u"))
+    steps.append(Step(StepKind.WRITE, "d/empty", None, _file(0o600, 0), data=b""))
+    results = list(ep.apply_steps(steps))
+    taken = len(ODD_NAMES) + 1
+    assert isinstance(results[taken], BlockingIOError), results
+    assert all(r is None for i, r in enumerate(results) if i != taken), results
+    assert (tmp_path / "taken").read_bytes() == b"was here"
+    scan = ep.scan(IgnoreRules()).entries
+    for i, name in enumerate(ODD_NAMES):
+        st = os.stat(tmp_path / "d" / name)
+        assert (st.st_size, st.st_mtime_ns, st.st_mode & 0o7777) == (i, T0 + i, 0o640), name
+    wanted = [FileRead(f"d/{name}", i) for i, name in enumerate(ODD_NAMES)]
+    wanted[2:2] = [FileRead("d/ln", 1), FileRead("d/missing", 1)]
+    got = list(ep.read_files([*wanted, FileRead("d/empty", 0)]))
+    assert isinstance(got[2], OSError) and isinstance(got[3], FileNotFoundError)
+    for want, result in zip(wanted, got[:-1], strict=True):
+        if want.path in scan and want.path != "d/ln":
+            assert result == (b"%d" % want.size * want.size, scan[want.path]), want.path
+    assert got[-1] == (b"", scan["d/empty"])
+
+    # past 2262: the batch goes spelled out, and so does the answer that reads it back
+    steps = [Step(StepKind.WRITE, "far", None, _file(0o644, 3, FAR_FUTURE), data=b"far")]
+    steps.append(Step(StepKind.WRITE, "near", None, _file(0o600, 4, T0), data=b"near"))
+    assert list(ep.apply_steps(steps)) == [None, None]
+    assert os.stat(tmp_path / "far").st_mtime_ns == FAR_FUTURE
+    (far, near) = ep.read_files([FileRead("far", 3), FileRead("near", 4)])
+    assert far == (b"far", Entry(Kind.FILE, 3, FAR_FUTURE, 0o644, None, None, os.stat(tmp_path / "far").st_ino))
+    assert near == (b"near", Entry(Kind.FILE, 4, T0, 0o600, None, None, os.stat(tmp_path / "near").st_ino))
+    assert _temps(tmp_path) == []
+
+
+def test_malformed_columns_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """The helper checks a batch's columns, names and content lengths against each other
+    before it runs any of its calls, and a read_files request likewise."""
+    import errno
+    import io
+
+    agent = remote.Agent(io.BytesIO(), io.BytesIO())
+    agent.root = os.fsencode(tmp_path)
+    names = remote.pack_names(["a", "b"])
+
+    def batch(calls: list[object], count: int, names: bytes, lengths: list[int], data: bytes) -> None:
+        columns = remote.pack_columns(remote.PUT_COLUMNS, [lengths, [0o644] * len(lengths), [T0] * len(lengths)])
+        agent.op_batch(1, [calls, [count, len(names), []]], columns + names + data)
+
+    bad = [
+        lambda: batch([2], 2, names, [1, 1], b"x"),  # contents cut short
+        lambda: batch([2], 2, names, [1, 1], b"xyz"),  # more contents than said
+        lambda: batch([3], 2, names, [1, 1], b"xy"),  # more puts than columns
+        lambda: batch([1, ["mkdir", ["c", 0o755, None], 0], 1], 2, b"a\x00b\x00c", [1, 1], b"xy"),  # a NUL
+        lambda: agent.op_batch(1, [[2], [2, len(names)]], b""),  # no odd list
+        lambda: agent.op_read_files(1, [2, len(names)], remote.pack_columns("q", [[1, 1]]) + names[:-1]),
+        lambda: agent.op_read_files(1, [3, len(names)], remote.pack_columns("q", [[1, 1]]) + names),
+    ]
+    for call in bad:
+        with pytest.raises(remote.CallFailed) as refused:
+            call()
+        assert refused.value.code == errno.EPROTO
+    assert os.listdir(tmp_path) == []
+    batch([1, ["mkdir", ["c", 0o755, None], 0], 1], 2, names, [1, 1], b"xy")  # the same, well formed
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]
+    assert (tmp_path / "b").read_bytes() == b"y"

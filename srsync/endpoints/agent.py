@@ -23,6 +23,7 @@ import gc
 import io
 import itertools
 import math
+import struct
 import sys
 import threading
 from collections import deque
@@ -39,6 +40,14 @@ from srsync.agent.client import (
     start_client,
 )
 from srsync.agent.delta import SHA1, XXH128, DeltaOp, OpDecoder, Signature, delta_blocks
+from srsync.agent.remote import (
+    PUT_COLUMNS,
+    READ_ASKED,
+    READ_COLUMNS,
+    pack_columns,
+    pack_names,
+    unpack_columns,
+)
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IgnoreRules
 from srsync.core.paths import ROOT, RelPath, check_name, join, validate_relpath
@@ -199,6 +208,36 @@ def entry_to_json(entry: Entry | None) -> list[Any] | None:
         return None
     kind = _KIND_CHARS[entry.kind]
     return [kind, entry.size, entry.mtime_ns, entry.mode, entry.ino, entry.target]
+
+
+def _batch_frame(
+    calls: list[Any],
+    names: list[str],
+    lengths: list[int],
+    modes: list[int],
+    mtimes: list[int],
+    odd: list[list[Any]],
+    raws: list[bytes],
+) -> tuple[list[Any], bytes]:
+    """The arguments and raw part of a ``batch`` call (see remote.Agent.op_batch)."""
+    try:
+        columns = pack_columns(PUT_COLUMNS, [lengths, modes, mtimes])
+    except (struct.error, OverflowError):
+        # a number past the columns (an mtime after 2262): every put spelled out
+        guards: dict[int, Any] = {index: guard for index, guard in odd}
+        spelled: list[Any] = []
+        first = 0
+        for call in calls:
+            if call.__class__ is not int:
+                spelled.append(call)
+                continue
+            for p in range(first, first + call):
+                guard = guards.get(p, [None])
+                spelled.append(["put", [names[p], modes[p], mtimes[p], guard], lengths[p]])
+            first += call
+        return [spelled, [0, 0, []]], b"".join(raws)
+    packed = pack_names(names)
+    return [calls, [len(names), len(packed), odd]], b"".join([columns, packed, *raws])
 
 
 class _Reader(io.RawIOBase):
@@ -437,42 +476,60 @@ class AgentEndpoint(Endpoint):
     def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
         """Whole small files, BATCH_DEPTH batched calls in flight; see Endpoint.read_files."""
         pending: deque[tuple[Call, int]] = deque()
-        batch: list[list[Any]] = []
+        rels: list[str] = []
+        sizes: list[int] = []
         size = 0
+        rel_of = self._rel
         for f in files:
-            batch.append([self._rel(f.path), f.size])
+            rels.append(rel_of(f.path))
+            sizes.append(f.size)
             size += f.size
-            if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
-                pending.append((self._client.call("read_files", [batch]), len(batch)))
-                batch, size = [], 0
+            if size >= BATCH_BYTES or len(rels) >= BATCH_FILES:
+                pending.append((self._ask_files(rels, sizes), len(rels)))
+                rels, sizes, size = [], [], 0
                 while len(pending) >= BATCH_DEPTH:
                     yield from self._read_files_results(*pending.popleft())
-        if batch:
-            pending.append((self._client.call("read_files", [batch]), len(batch)))
+        if rels:
+            pending.append((self._ask_files(rels, sizes), len(rels)))
         while pending:
             yield from self._read_files_results(*pending.popleft())
 
+    def _ask_files(self, rels: list[str], sizes: list[int]) -> Call:
+        """One read_files call (see remote.Agent.op_read_files for the columns)."""
+        names = pack_names(rels)
+        return self._client.call("read_files", [len(rels), len(names)], pack_columns(READ_ASKED, [sizes]) + names)
+
     def _read_files_results(self, call: Call, count: int) -> Iterator[tuple[bytes, Entry | None] | OSError]:
-        """Many files per ITEM, in order: meta [[length, lstat] or [None, error], ...], contents back to back."""
+        """Many files per ITEM, in order: meta [count, odd], raw the lengths, the lstat
+        columns, then the contents back to back (see remote.Agent.op_read_files)."""
         got = 0
         file_kind = Kind.FILE
         for item in self._client.items(call):
             raw = item.raw
-            view = memoryview(raw)
-            at = 0
-            out: list[tuple[bytes, Entry | None] | OSError] = []
-            for size, st in item.meta:
-                if size is None:
-                    out.append(call_error(st))
-                    continue
-                data = raw if size == len(raw) else bytes(view[at : at + size])
-                at += size
-                if st is not None and st[0] == "f":
-                    out.append((data, Entry(file_kind, st[1], st[2], st[3], None, None, st[4])))
-                else:
-                    out.append((data, entry_from_json(st)))
-            if at != len(raw):
+            try:
+                n, odd = item.meta
+                (lengths, sizes, mtimes, modes, inos), at = unpack_columns("I" + READ_COLUMNS, n, raw)
+                special = {entry[0]: entry for entry in odd}
+            except (TypeError, ValueError, IndexError):
+                raise ConnectError(f"the helper on {self._conn.label} sent malformed file contents") from None
+            if at + sum(lengths) != len(raw):
                 raise ConnectError(f"the helper on {self._conn.label} sent mismatched file contents")
+            out: list[tuple[bytes, Entry | None] | OSError] = []
+            if not special:  # the usual item: regular files only
+                for length, size, mtime_ns, mode, ino in zip(lengths, sizes, mtimes, modes, inos, strict=True):
+                    out.append((raw[at : at + length], Entry(file_kind, size, mtime_ns, mode, None, None, ino)))
+                    at += length
+            else:
+                for index, length in enumerate(lengths):
+                    data = raw[at : at + length]
+                    at += length
+                    known = special.get(index)
+                    if known is None:
+                        out.append((data, Entry(file_kind, sizes[index], mtimes[index], modes[index], None, None, inos[index])))
+                    elif len(known) == 3:
+                        out.append(call_error(known[2]))
+                    else:
+                        out.append((data, entry_from_json(known[1])))
             got += len(out)
             yield from out
         if got != count:
@@ -552,7 +609,17 @@ class AgentEndpoint(Endpoint):
         # (helper, call, steps, bytes, in order): in order = sent on the main channel, to
         # be answered before any batch leaves on another one (at most a few dozen)
         inflight: deque[tuple[AgentClient, Call, int, int, bool]] = deque()
-        batch: list[list[Any]] = []
+        # the batch being filled: its calls, in order ([op, args, raw length], or the
+        # number of puts that come next from the put columns), the puts' columns and
+        # the guards that are not [None], and every call's content in order
+        calls: list[Any] = []
+        count = 0  # calls in the batch
+        run = 0  # puts since the last entry of calls
+        names: list[str] = []
+        lengths: list[int] = []
+        modes: list[int] = []
+        mtimes: list[int] = []
+        odd: list[list[Any]] = []
         raws: list[bytes] = []
         batch_bytes = 0
         spread = self._spreads()
@@ -571,8 +638,9 @@ class AgentEndpoint(Endpoint):
             return sum(sent[3] for sent in inflight if sent[0] is helper)
 
         def send_batch() -> Iterator[Entry | None | OSError]:
-            nonlocal batch, raws, batch_bytes, ordered, spread_bytes, depth
-            if not batch:
+            nonlocal calls, count, run, names, lengths, modes, mtimes, odd, raws, batch_bytes
+            nonlocal ordered, spread_bytes, depth
+            if not count:
                 return
             helper = client
             if ordered:
@@ -600,9 +668,12 @@ class AgentEndpoint(Endpoint):
                             score = (other.send_room(), -unanswered(other))
                             if score > best:
                                 helper, best = other, score
-            call = helper.call("batch", [batch], b"".join(raws))
-            inflight.append((helper, call, len(batch), batch_bytes, ordered))
-            batch, raws, batch_bytes, ordered = [], [], 0, False
+            if run:
+                calls.append(run)
+            call = helper.call("batch", *_batch_frame(calls, names, lengths, modes, mtimes, odd, raws))
+            inflight.append((helper, call, count, batch_bytes, ordered))
+            calls, count, run, raws, batch_bytes, ordered = [], 0, 0, [], 0, False
+            names, lengths, modes, mtimes, odd = [], [], [], [], []
             if on_extra():
                 # out now: with several channels, waiting on one must not hold back another
                 helper.flush()
@@ -628,17 +699,21 @@ class AgentEndpoint(Endpoint):
                     assert entry is not None
                     if touched is not None and not _may_overtake(touched, step.path):
                         ordered = True
-                    if step.guarded:
-                        expected = step.expected
-                        guard: list[Any] | None = [None if expected is None else entry_to_json(expected)]
-                    else:
-                        guard = None
+                    if not step.guarded:
+                        odd.append([len(names), None])
+                    elif step.expected is not None:
+                        odd.append([len(names), [entry_to_json(step.expected)]])
                     size = len(data)
-                    batch.append(["put", [rel_of(step.path), entry.mode & 0o7777, entry.mtime_ns, guard], size])
+                    names.append(rel_of(step.path))
+                    lengths.append(size)
+                    modes.append(entry.mode & 0o7777)
+                    mtimes.append(entry.mtime_ns)
+                    run += 1
+                    count += 1
                     if size:
                         raws.append(data)
                         batch_bytes += size
-                    if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
+                    if count >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
                         yield from send_batch()
                         while len(inflight) > depth:
                             yield from collect()
@@ -667,10 +742,15 @@ class AgentEndpoint(Endpoint):
                 if touched is not None and (step.kind is not _LINK_STEP or not _may_overtake(touched, step.path)):
                     ordered = True
                 op, args, raw = request
-                batch.append([op, args, len(raw)])
-                raws.append(raw)
-                batch_bytes += len(raw)
-                if len(batch) >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
+                if run:
+                    calls.append(run)
+                    run = 0
+                calls.append([op, args, len(raw)])
+                count += 1
+                if raw:
+                    raws.append(raw)
+                    batch_bytes += len(raw)
+                if count >= BATCH_STEPS or batch_bytes >= BATCH_BYTES:
                     yield from send_batch()
                     while len(inflight) > depth:
                         yield from collect()
