@@ -15,7 +15,13 @@ from srsync.core.ignore import (
     literal_match,
     parse_rule,
 )
-from srsync.core.paths import BadName, check_name, link_escapes, validate_relpath
+from srsync.core.paths import (
+    BadName,
+    check_name,
+    joined_paths_valid,
+    link_escapes,
+    validate_relpath,
+)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\x00b", "/"])
@@ -28,6 +34,42 @@ def test_bad_names_refused(name: str) -> None:
 def test_bad_relpaths_refused(path: str) -> None:
     with pytest.raises(BadName):
         validate_relpath(path)
+
+
+def _valid(path: str) -> bool:
+    try:
+        validate_relpath(path)
+    except BadName:
+        return False
+    return path != "" and "\x00" not in path
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.text(alphabet="a./\x00é", max_size=7), max_size=5))
+def test_joined_paths_are_valid_exactly_when_each_one_is(paths: list[str]) -> None:
+    """The batch check (a few searches of the NUL-joined text) says yes exactly where
+    every path is a non-empty one validate_relpath accepts: never yes for a bad one, and
+    the one-by-one checks are needed only where one is bad."""
+    assert joined_paths_valid("\x00".join(paths), len(paths)) == (bool(paths) and all(map(_valid, paths)))
+
+
+@pytest.mark.parametrize(
+    "paths, valid",
+    [
+        (["a", "b/c", ".hidden/..x/...", "é/.d."], True),
+        (["a", ""], False),
+        (["a", "b/."], False),
+        (["./a"], False),
+        (["a/../b"], False),
+        (["a\x00b"], False),
+        (["/a"], False),
+        (["a/"], False),
+        ([".."], False),
+        ([], False),
+    ],
+)
+def test_joined_paths_examples(paths: list[str], valid: bool) -> None:
+    assert joined_paths_valid("\x00".join(paths), len(paths)) is valid
 
 
 @pytest.mark.parametrize(("link", "target", "escapes"), [

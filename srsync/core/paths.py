@@ -90,6 +90,27 @@ def validate_relpath(path: str) -> RelPath:
     return path
 
 
+# A "." or ".." component between two separators of NUL-joined paths (see below).
+_DOT_PARTS = ("/./", "/.\x00", "\x00./", "\x00.\x00", "/../", "/..\x00", "\x00../", "\x00..\x00")
+
+
+def joined_paths_valid(joined: str, count: int) -> bool:
+    """Whether ``count`` relative paths joined by NUL are all non-empty paths that
+    validate_relpath accepts: a few searches of the joined text instead of a check per
+    path.  False does not say which (or whether one) is bad: check them one by one."""
+    if joined.count("\x00") != count - 1 or not joined:  # a NUL inside a path, or none at all
+        return False
+    if joined[0] in "/\x00" or joined[-1] in "/\x00":  # absolute, or an empty path or component
+        return False
+    if joined in (".", "..") or joined.startswith(("./", "../", ".\x00", "..\x00")):
+        return False
+    if joined.endswith(("/.", "/..", "\x00.", "\x00..")):
+        return False
+    if "//" in joined or "/\x00" in joined or "\x00/" in joined or "\x00\x00" in joined:
+        return False
+    return not any(part in joined for part in _DOT_PARTS)
+
+
 def link_escapes(link_path: RelPath, target: str) -> bool:
     """True when a symlink at ``link_path`` pointing at ``target`` leaves the root.
 

@@ -50,7 +50,7 @@ from srsync.agent.remote import (
 )
 from srsync.core.entry import Entry, Kind, Problem, ScanResult, link_entry
 from srsync.core.ignore import IgnoreRules
-from srsync.core.paths import ROOT, RelPath, check_name, join, validate_relpath
+from srsync.core.paths import ROOT, RelPath, check_name, join, joined_paths_valid, validate_relpath
 from srsync.endpoints.base import (
     CHUNK,
     Capabilities,
@@ -210,36 +210,6 @@ def entry_to_json(entry: Entry | None) -> list[Any] | None:
     return [kind, entry.size, entry.mtime_ns, entry.mode, entry.ino, entry.target]
 
 
-def _batch_frame(
-    calls: list[Any],
-    names: list[str],
-    lengths: list[int],
-    modes: list[int],
-    mtimes: list[int],
-    odd: list[list[Any]],
-    raws: list[bytes],
-) -> tuple[list[Any], bytes]:
-    """The arguments and raw part of a ``batch`` call (see remote.Agent.op_batch)."""
-    try:
-        columns = pack_columns(PUT_COLUMNS, [lengths, modes, mtimes])
-    except (struct.error, OverflowError):
-        # a number past the columns (an mtime after 2262): every put spelled out
-        guards: dict[int, Any] = {index: guard for index, guard in odd}
-        spelled: list[Any] = []
-        first = 0
-        for call in calls:
-            if call.__class__ is not int:
-                spelled.append(call)
-                continue
-            for p in range(first, first + call):
-                guard = guards.get(p, [None])
-                spelled.append(["put", [names[p], modes[p], mtimes[p], guard], lengths[p]])
-            first += call
-        return [spelled, [0, 0, []]], b"".join(raws)
-    packed = pack_names(names)
-    return [calls, [len(names), len(packed), odd]], b"".join([columns, packed, *raws])
-
-
 class _Reader(io.RawIOBase):
     """A remote file read with up to READ_DEPTH ranged reads in flight."""
 
@@ -365,6 +335,47 @@ class AgentEndpoint(Endpoint):
     def connection(self) -> HelperHost:
         return self._conn
 
+    def _wire_names(self, paths: list[RelPath]) -> bytes:
+        """The on-disk relative paths of ``paths``, each validated as ``_rel`` does, packed
+        for the columns (pack_names): where no name needs another spelling and none can be
+        invalid, a few searches of the joined text instead of a check per path."""
+        if not self._disk_names:
+            joined = "\x00".join(paths)
+            if joined_paths_valid(joined, len(paths)):
+                return joined.encode("utf-8", "surrogatepass")
+        rel_of = self._rel
+        return pack_names([rel_of(path) for path in paths])
+
+    def _batch_frame(
+        self,
+        calls: list[Any],
+        paths: list[RelPath],
+        lengths: list[int],
+        modes: list[int],
+        mtimes: list[int],
+        odd: list[list[Any]],
+        raws: list[bytes],
+    ) -> tuple[list[Any], bytes]:
+        """The arguments and raw part of a ``batch`` call (see remote.Agent.op_batch)."""
+        try:
+            columns = pack_columns(PUT_COLUMNS, [lengths, modes, mtimes])
+        except (struct.error, OverflowError):
+            # a number past the columns (an mtime after 2262): every put spelled out
+            guards: dict[int, Any] = {index: guard for index, guard in odd}
+            spelled: list[Any] = []
+            first = 0
+            for call in calls:
+                if call.__class__ is not int:
+                    spelled.append(call)
+                    continue
+                for p in range(first, first + call):
+                    guard = guards.get(p, [None])
+                    spelled.append(["put", [self._rel(paths[p]), modes[p], mtimes[p], guard], lengths[p]])
+                first += call
+            return [spelled, [0, 0, []]], b"".join(raws)
+        packed = self._wire_names(paths)
+        return [calls, [len(paths), len(packed), odd]], b"".join([columns, packed, *raws])
+
     def _rel(self, path: RelPath) -> str:
         """The on-disk relative path the helper should use for ``path``."""
         at = path.rfind("/")
@@ -476,12 +487,11 @@ class AgentEndpoint(Endpoint):
     def read_files(self, files: Iterable[FileRead]) -> Iterator[tuple[bytes, Entry | None] | OSError]:
         """Whole small files, BATCH_DEPTH batched calls in flight; see Endpoint.read_files."""
         pending: deque[tuple[Call, int]] = deque()
-        rels: list[str] = []
+        rels: list[RelPath] = []
         sizes: list[int] = []
         size = 0
-        rel_of = self._rel
         for f in files:
-            rels.append(rel_of(f.path))
+            rels.append(f.path)
             sizes.append(f.size)
             size += f.size
             if size >= BATCH_BYTES or len(rels) >= BATCH_FILES:
@@ -494,10 +504,10 @@ class AgentEndpoint(Endpoint):
         while pending:
             yield from self._read_files_results(*pending.popleft())
 
-    def _ask_files(self, rels: list[str], sizes: list[int]) -> Call:
+    def _ask_files(self, paths: list[RelPath], sizes: list[int]) -> Call:
         """One read_files call (see remote.Agent.op_read_files for the columns)."""
-        names = pack_names(rels)
-        return self._client.call("read_files", [len(rels), len(names)], pack_columns(READ_ASKED, [sizes]) + names)
+        names = self._wire_names(paths)
+        return self._client.call("read_files", [len(paths), len(names)], pack_columns(READ_ASKED, [sizes]) + names)
 
     def _read_files_results(self, call: Call, count: int) -> Iterator[tuple[bytes, Entry | None] | OSError]:
         """Many files per ITEM, in order: meta [count, odd], raw the lengths, the lstat
@@ -670,7 +680,7 @@ class AgentEndpoint(Endpoint):
                                 helper, best = other, score
             if run:
                 calls.append(run)
-            call = helper.call("batch", *_batch_frame(calls, names, lengths, modes, mtimes, odd, raws))
+            call = helper.call("batch", *self._batch_frame(calls, names, lengths, modes, mtimes, odd, raws))
             inflight.append((helper, call, count, batch_bytes, ordered))
             calls, count, run, raws, batch_bytes, ordered = [], 0, 0, [], 0, False
             names, lengths, modes, mtimes, odd = [], [], [], [], []
@@ -687,7 +697,6 @@ class AgentEndpoint(Endpoint):
             yield from out
 
         write_kind = StepKind.WRITE
-        rel_of = self._rel
         pending: Iterator[Step] = iter(steps)
         while True:
             resume: Step | None = None  # the step after a run of striped uploads
@@ -704,7 +713,7 @@ class AgentEndpoint(Endpoint):
                     elif step.expected is not None:
                         odd.append([len(names), [entry_to_json(step.expected)]])
                     size = len(data)
-                    names.append(rel_of(step.path))
+                    names.append(step.path)  # made relative to the disk when sent (_wire_names)
                     lengths.append(size)
                     modes.append(entry.mode & 0o7777)
                     mtimes.append(entry.mtime_ns)
