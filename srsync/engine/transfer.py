@@ -17,7 +17,6 @@ import errno
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from threading import Event
 
 from srsync.agent.delta import (
@@ -300,15 +299,6 @@ def _checked_delta(
 Outcome = OSError | None  # the operation's failure, or None: applied
 
 
-@dataclass(slots=True)
-class _Slot:
-    """One operation of a batch, in plan order, and what happened to it so far."""
-
-    op: Operation
-    error: OSError | None = None
-    has_step: bool = True
-
-
 def apply_operations(
     ops: Sequence[Operation],
     alpha: Endpoint,
@@ -409,53 +399,63 @@ def _apply_run(
     wanted = [FileRead(op.path, op.entry.size) for op in run if op.kind is _COPY and op.entry is not None]
     dest.expect_writes(len(wanted))
     contents = src.read_files(wanted)
-    slots: deque[_Slot] = deque()
+    # In plan order: an operation whose step went to the destination, or the
+    # operation and its error where it failed before it had a step.
+    queue: deque[Operation | tuple[Operation, OSError]] = deque()
     # bytes read are reported in batches: one hook call per file costs more than the copy
     unreported = 0
     started = reporter.op_started
+    stopped = stop.is_set
+    file_kind = Kind.FILE
 
     def steps() -> Iterator[Step]:
         nonlocal unreported
+        push = queue.append
         for op in run:
-            if stop.is_set():
+            if stopped():
                 return
             started(job, op)
-            slot = _Slot(op)
-            slots.append(slot)
-            data: bytes | None = None
             if op.kind is _COPY:
                 entry = op.entry
                 assert entry is not None
                 got = next(contents)
                 if isinstance(got, OSError):
-                    slot.error, slot.has_step = got, False
+                    push((op, got))
                     continue
                 data, after = got
-                if len(data) != entry.size or not same_state(after, entry):
-                    slot.error, slot.has_step = _changed(op.path), False
+                size = len(data)
+                # same_state(after, entry), inlined: entry is the source's file as scanned
+                if (
+                    after is None
+                    or after.kind is not file_kind
+                    or size != entry.size
+                    or after.size != size
+                    or after.mtime_ns != entry.mtime_ns
+                ):
+                    push((op, _changed(op.path)))
                     continue
-                unreported += len(data)
+                push(op)
+                unreported += size
                 if unreported >= _REPORT_BYTES:
                     reporter.bytes_transferred(job, unreported)
                     unreported = 0
                 yield Step(_WRITE, op.path, op.expected, entry, True, data)
             else:
+                push(op)
                 entry = op.entry if op.kind is not _REMOVE else None
                 yield Step(_STEP_KINDS[op.kind], op.path, op.expected, entry)
 
-    def ready() -> Iterator[tuple[Operation, Outcome]]:
-        while slots and not slots[0].has_step:
-            slot = slots.popleft()
-            assert slot.error is not None
-            yield slot.op, slot.error
-
     try:
         for result in dest.apply_steps(steps()):
-            if not slots[0].has_step:
-                yield from ready()
-            slot = slots.popleft()
-            yield slot.op, result if isinstance(result, OSError) else None
-        yield from ready()
+            item = queue.popleft()
+            while isinstance(item, tuple):  # failed before its step: in its place
+                yield item
+                item = queue.popleft()
+            yield item, result if isinstance(result, OSError) else None
+        while queue:
+            item = queue.popleft()
+            assert isinstance(item, tuple), "a step without its result"
+            yield item
     finally:
         if unreported:
             reporter.bytes_transferred(job, unreported)
