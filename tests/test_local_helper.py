@@ -50,6 +50,12 @@ def _reaped(channel: pipe.PipeChannel) -> bool:
     return channel._proc.poll() is not None
 
 
+def _writers_reaped(children: list[pipe.PipeChannel]) -> bool:
+    """One writer endpoint's children (its helper and the extra ones it spreads batches
+    over, see local_mod.WRITERS) were started and are all gone."""
+    return 1 <= len(children) <= local_mod.WRITERS and all(map(_reaped, children))
+
+
 def _steps(n_dirs: int, per_dir: int) -> list[Step]:
     """A new tree: directories first, then small files of assorted modes and a symlink each."""
     out = [Step(StepKind.MKDIR, f"d{i}", None, Entry(Kind.DIR, 0, T0, 0o750)) for i in range(n_dirs)]
@@ -83,7 +89,7 @@ def test_long_batch_runs_in_a_child_helper_with_the_same_results(
     results = list(ep.apply_steps(iter(steps)))
     assert len(results) == len(steps)
     assert [r for r in results if isinstance(r, OSError)] == []
-    assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
+    assert ep.helper_batches == 1 and _writers_reaped(children)
     assert children[0].pid not in (os.getpid(), os.getpgid(0))
 
     assert tree_state(there) == tree_state(here)
@@ -93,6 +99,50 @@ def test_long_batch_runs_in_a_child_helper_with_the_same_results(
     assert os.lstat(there / "d3").st_mode & 0o7777 == 0o750
     assert os.readlink(there / "d9" / "link") == "f0"
     assert not [p for p in there.rglob("*") if p.name.startswith(".srsync")]  # no temporary left
+
+
+def test_long_batch_is_spread_over_the_writers_in_order(
+    tmp_path: Path, children: list[pipe.PipeChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an extra writer up, batches of puts go to both children, directories are made
+    before the files in them and get their times after, and the tree is the one written
+    in this process."""
+    import time
+
+    from srsync.agent.client import AgentClient
+
+    if local_mod.WRITERS < 2:
+        pytest.skip("one core: one writer")
+    seen: list[tuple[int, str]] = []
+    real_call = AgentClient.call
+
+    def call(self: AgentClient, op: str, args: list[Any], raw: Any = b"") -> Any:
+        if op == "batch":
+            seen.append((id(self), "puts" if any(isinstance(c, int) for c in args[0]) else "other"))
+        return real_call(self, op, args, raw)
+
+    monkeypatch.setattr(AgentClient, "call", call)
+    steps = _steps(20, local_mod.HELPER_WRITES // 20 + 10)
+    steps += [Step(StepKind.META, f"d{i}", None, Entry(Kind.DIR, 0, T0 + 7, 0o700)) for i in range(20)]
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    monkeypatch.setenv(local_mod.LOCAL_HELPER_ENV, "off")
+    assert not [r for r in LocalEndpoint(str(here)).apply_steps(iter(steps)) if isinstance(r, OSError)]
+    monkeypatch.delenv(local_mod.LOCAL_HELPER_ENV)
+    ep = LocalEndpoint(str(there))
+    ep.expect_writes(sum(s.kind is StepKind.WRITE for s in steps))
+    assert ep._helper is not None
+    writer = ep._helper.result()
+    deadline = time.monotonic() + 10
+    while len(getattr(writer, "_extra", [])) < local_mod.WRITERS - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    results = list(ep.apply_steps(iter(steps)))
+    assert len(results) == len(steps) and not [r for r in results if isinstance(r, OSError)]
+    assert len({helper for helper, kind in seen if kind == "puts"}) == local_mod.WRITERS, seen
+    assert _writers_reaped(children) and len(children) == local_mod.WRITERS
+    assert tree_state(there) == tree_state(here)
+    assert os.lstat(there / "d7").st_mtime_ns == T0 + 7 and os.lstat(there / "d7").st_mode & 0o7777 == 0o700
 
 
 @pytest.mark.parametrize("announced", [None, 100])
@@ -115,10 +165,11 @@ def test_terminal_interrupt_does_not_reach_the_helper(tmp_path: Path, children: 
     ep.expect_writes(local_mod.HELPER_WRITES)
     pending = ep._helper
     assert pending is not None and pending.result() is not None  # started
-    assert len(children) == 1
-    assert os.getsid(children[0].pid) == children[0].pid != os.getsid(0)
+    assert children
+    for child in list(children):  # (an extra writer may still be starting)
+        assert os.getsid(child.pid) == child.pid != os.getsid(0)
     ep.close()
-    assert _reaped(children[0])
+    assert _writers_reaped(children)
 
 
 def test_unused_helper_is_ended(tmp_path: Path, children: list[pipe.PipeChannel]) -> None:
@@ -129,7 +180,7 @@ def test_unused_helper_is_ended(tmp_path: Path, children: list[pipe.PipeChannel]
     ep.expect_writes(local_mod.HELPER_WRITES)
     ep.expect_writes(local_mod.HELPER_WRITES)
     ep.close()
-    assert len(children) == 1 and _reaped(children[0])
+    assert _writers_reaped(children)
     assert ep.helper_batches == 0 and list(tmp_path.iterdir()) == []
 
 
@@ -165,7 +216,7 @@ def test_a_long_first_copy_starts_its_writer_before_planning(
     assert r.exit_code == 0, (r.error, r.pairs)
     # 41 new paths (d and its 40 files) announced before planning; the executor's 40 after
     assert events == ["writes 41", "plan", "writes 40"]
-    assert len(children) == 1 and _reaped(children[0])
+    assert _writers_reaped(children)
     assert tree_state(t) == tree_state(m)
 
 
@@ -186,7 +237,7 @@ def test_helper_keeps_the_guards(
     ep = LocalEndpoint(str(tmp_path))
     ep.expect_writes(len(steps))
     results = list(ep.apply_steps(iter(steps)))
-    assert ep.helper_batches == 1 and len(children) == 1 and _reaped(children[0])
+    assert ep.helper_batches == 1 and _writers_reaped(children)
     errors = {steps[i].path: r for i, r in enumerate(results) if isinstance(r, OSError)}
     assert set(errors) == {"taken", "old"}
     assert all(e.errno == errno.EAGAIN for e in errors.values())
@@ -227,7 +278,7 @@ def test_abandoned_batch_stops_the_helper_and_tears_nothing(
     for _ in range(5):
         assert not isinstance(next(results), OSError)
     results.close()
-    assert len(children) == 1 and _reaped(children[0])
+    assert _writers_reaped(children)
     names = [p for p in tmp_path.iterdir() if not p.name.startswith(".srsync")]
     assert len(names) >= 5
     assert all(p.read_bytes() == body for p in names)
@@ -256,7 +307,7 @@ def test_sync_of_many_small_files(
     r = run(job)
     assert r.exit_code == 0, (r.error, r.pairs)
     assert tree_state(t) == tree_state(m)
-    assert len(children) == 1 and _reaped(children[0])
+    assert _writers_reaped(children)
     r = run(job)
     plan = r.pairs[0].plan
     assert r.exit_code == 0 and plan is not None and plan.empty, plan
@@ -298,7 +349,7 @@ def test_full_local_disk_through_the_helper(small_disk: Path, tmp_path: Path, ch
     job = local_job(m, t)
     r = run(job)
     assert r.exit_code == 3, (r.error, r.pairs)
-    assert len(children) == 1 and _reaped(children[0])
+    assert _writers_reaped(children)
     problems = r.pairs[0].problems
     written = [p for p in t.rglob("f*") if p.is_file()]
     assert written and problems and len(written) + len(problems) == len(tree)

@@ -93,6 +93,7 @@ SPREAD_RATE = 150 * 1000 * 1000
 SSH_WINDOW = 2 * 1024 * 1024
 SPREAD_STREAMS = 4
 SPREAD_AFTER = 1024 * 1024
+EXTRA_CLOSE_WAIT = 2.0  # seconds close() waits for an extra helper still starting
 SPREAD_DEPTH = 4
 # enum members read per entry or step, bound once (see srsync.core.entry)
 _FILE, _DIR, _LINK = Kind.FILE, Kind.DIR, Kind.LINK
@@ -296,9 +297,12 @@ class AgentEndpoint(Endpoint):
         owns_connection: bool = False,
         streams: int = STREAMS,
         client: AgentClient | None = None,
+        spread: int = 0,
     ) -> None:
         """``client``: a helper already started on ``conn`` with ``python`` (see
-        EndpointPool.prestart); the endpoint owns it from here on."""
+        EndpointPool.prestart); the endpoint owns it from here on.  ``spread``: spread
+        batches of small steps over that many helpers whatever the round trip (0: as
+        the round trip asks, see apply_steps); the extra ones start at once."""
         self._conn = conn
         self._owns_conn = owns_connection
         self._python = python
@@ -315,11 +319,15 @@ class AgentEndpoint(Endpoint):
         self._checked_dirs: set[RelPath] = set()  # directory paths validate_relpath accepted
         self._extra: list[AgentClient] = []
         self._extra_lock = threading.Lock()
+        self._extra_started = threading.Condition(self._extra_lock)  # _starting went down
         self._extra_refused = False
         self._growing = False  # extra helpers for spreading batches were asked for
         self._starting = 0  # extra helpers on their way
         self._closed = False
         self._staged = False  # the helper holds a copy staged by block_signature
+        self._spread = spread
+        if spread > 1:
+            self._grow_extra()
 
     def _start(self, root: str) -> AgentClient:
         """A helper for this endpoint, asked at once to serve ``root`` (see ``AgentClient.root_call``)."""
@@ -772,6 +780,8 @@ class AgentEndpoint(Endpoint):
 
     def _spread_streams(self) -> int:
         """Channels for batches of small steps: enough windows for SPREAD_RATE at this round trip."""
+        if self._spread:
+            return max(1, min(self._streams, self._spread))
         if self._client.rtt < PARALLEL_RTT:
             return 1
         wanted = math.ceil(SPREAD_RATE * self._client.rtt / SSH_WINDOW)
@@ -843,20 +853,22 @@ class AgentEndpoint(Endpoint):
                 return None
             self._starting += 1
         try:
-            helper = self._start(self.root)
-            helper.result(helper.root_call(self.root))
-        except (HelperUnavailable, ConnectError, OSError):
-            self._extra_refused = True  # fewer streams then
+            try:
+                helper = self._start(self.root)
+                helper.result(helper.root_call(self.root))
+            except (HelperUnavailable, ConnectError, OSError):
+                self._extra_refused = True  # fewer streams then
+                return None
+            with self._extra_lock:
+                if not self._closed:
+                    self._extra.append(helper)
+                    return helper
+            helper.close()  # the endpoint closed meanwhile
             return None
         finally:
             with self._extra_lock:
                 self._starting -= 1
-        with self._extra_lock:
-            if self._closed:
-                helper.close()
-                return None
-            self._extra.append(helper)
-        return helper
+                self._extra_started.notify_all()
 
     def _start_extra_quietly(self, count: int) -> None:
         """``count`` times ``_start_extra``, one after another, in a background thread: a
@@ -1005,6 +1017,10 @@ class AgentEndpoint(Endpoint):
             self._extra.clear()
         for helper in helpers:
             helper.close()
+        with self._extra_lock:
+            # one still starting closes itself once up: give it a moment, so that no
+            # helper outlives the endpoint (a local writer's child, say)
+            self._extra_started.wait_for(lambda: self._starting == 0, EXTRA_CLOSE_WAIT)
         if self._owns_conn:
             self._conn.close()
 

@@ -92,6 +92,10 @@ _TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.pat
 # paths, the executor again before reading a batch's files), so the child starts
 # (~30 ms; the calls of ~1500 files) before the first contents arrive.
 HELPER_WRITES = 4096
+# The helper spreads its batches over this many child processes: one writer is
+# the busiest process of a cold pull of small files (its system calls), while the
+# other core has room.
+WRITERS = min(2, os.cpu_count() or 1)
 LOCAL_HELPER_ENV = "SRSYNC_LOCAL_HELPER"  # "off": every step in this process
 _UNFIT_NAME = "name is not valid UTF-8 or not allowed; skipped"
 _TWINS = "two names differ only in Unicode normalisation; both skipped"
@@ -992,7 +996,7 @@ class LocalEndpoint(Endpoint):
         from srsync.endpoints.agent import AgentEndpoint
 
         try:
-            return AgentEndpoint(LocalHelperHost(), self.root, python=sys.executable)
+            return AgentEndpoint(LocalHelperHost(), self.root, python=sys.executable, streams=WRITERS, spread=WRITERS)
         except (HelperUnavailable, ConnectError, OSError):
             return None
 
