@@ -68,6 +68,27 @@ def test_channels_for_spreading_follow_the_round_trip(agent_endpoint_factory: Ag
     assert narrow._spread_streams() == 2
 
 
+def test_many_new_files_announced_start_the_extra_helpers_at_once(
+    agent_endpoint_factory: AgentFactory, tmp_path: Path
+) -> None:
+    """On a window-bound link an announcement of many new files (expect_writes, made
+    before planning) starts the extra channels then; a few files, or a fast link, none."""
+    ep = agent_endpoint_factory(str(tmp_path), streams=2)
+    ep._client.rtt = 0.02  # two channels at 20 ms
+    ep.expect_writes(agent_mod.SPREAD_ANNOUNCED - 1)
+    fast = agent_endpoint_factory(str(tmp_path), streams=2)
+    fast.expect_writes(agent_mod.SPREAD_ANNOUNCED * 10)  # loopback: one channel is enough
+    time.sleep(0.3)
+    assert ep._extra == [] and not ep._growing and fast._extra == [] and not fast._growing
+    ep.expect_writes(agent_mod.SPREAD_ANNOUNCED)
+    deadline = time.monotonic() + 10
+    while not ep._extra and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(ep._extra) == 1 and ep._extra[0].alive  # before any step was sent
+    ep.close()
+    assert not ep._extra
+
+
 def test_may_overtake_only_paths_and_parents_not_touched() -> None:
     touched: set[str] = set()
     assert _may_overtake(touched, "d/a")

@@ -93,6 +93,9 @@ SPREAD_RATE = 150 * 1000 * 1000
 SSH_WINDOW = 2 * 1024 * 1024
 SPREAD_STREAMS = 4
 SPREAD_AFTER = 1024 * 1024
+# ... or once this many new files are announced (expect_writes): the extra helpers
+# then start while the run reconciles and plans, not after its first megabyte
+SPREAD_ANNOUNCED = 4096
 EXTRA_CLOSE_WAIT = 2.0  # seconds close() waits for an extra helper still starting
 SPREAD_DEPTH = 4
 # enum members read per entry or step, bound once (see srsync.core.entry)
@@ -605,6 +608,12 @@ class AgentEndpoint(Endpoint):
             raise
 
     # ---- batches -------------------------------------------------------
+    def expect_writes(self, count: int) -> None:
+        """Many new files coming on a window-bound link: start the extra helpers for
+        spreading them now (see apply_steps), not once the first megabyte is out."""
+        if count >= SPREAD_ANNOUNCED and self._spreads():
+            self._grow_extra()
+
     def apply_steps(self, steps: Iterable[Step]) -> Iterator[Entry | None | OSError]:
         """Guarded steps, many per frame and many frames in flight; results in order (see Endpoint).
 
