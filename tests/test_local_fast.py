@@ -206,6 +206,12 @@ def test_batches_validate_every_path(tmp_path: Path, bad: str) -> None:
     # the parent "a" is known good now: the bad part must still be caught
     with pytest.raises(ValueError):
         list(ep.read_files([FileRead(bad, 1)]))
+    # amid good paths (read_files checks them a batch at a time): the good ones before
+    # it are read, and it is refused in its place
+    results = ep.read_files([FileRead("a/f", 1), FileRead(bad, 1), FileRead("a/f", 1)])
+    assert next(results)[0] == b"x"  # type: ignore[index]
+    with pytest.raises(ValueError):
+        next(results)
     with pytest.raises(ValueError):
         list(ep.hash_files([bad]))
     with pytest.raises(ValueError):

@@ -20,6 +20,7 @@ methods.  They keep the same invariants:
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat as st
@@ -49,6 +50,7 @@ from srsync.core.paths import (
     RelPath,
     check_name,
     join,
+    joined_paths_valid,
     nfc,
     validate_relpath,
 )
@@ -92,6 +94,7 @@ _TMPFILE = hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.pat
 # paths, the executor again before reading a batch's files), so the child starts
 # (~30 ms; the calls of ~1500 files) before the first contents arrive.
 HELPER_WRITES = 4096
+_LOCATE_BATCH = 1024  # paths checked together by read_files (see _located)
 # The helper spreads its batches over this many child processes: one writer is
 # the busiest process of a cold pull of small files (its system calls), while the
 # other core has room.
@@ -206,6 +209,20 @@ class LocalEndpoint(Endpoint):
         if self._disk_names:
             name = self._disk_names.get(path, name)
         return base + name
+
+    def _located(self, files: Iterable[FileRead]) -> Iterator[tuple[FileRead, str]]:
+        """Each of ``files`` with its ``_abs`` path: for a batch of paths that need no
+        other spelling on disk and are all valid (``joined_paths_valid``, a few searches
+        of their joined text), the root and the path joined, else ``_abs`` one by one."""
+        root, abs_path = self._root_slash, self._abs
+        pending = iter(files)
+        while chunk := list(itertools.islice(pending, _LOCATE_BATCH)):
+            paths = [f.path for f in chunk]
+            if not self._disk_names and joined_paths_valid("\x00".join(paths), len(paths)):
+                yield from zip(chunk, [root + path for path in paths], strict=True)
+            else:
+                for f in chunk:
+                    yield f, abs_path(f.path)
 
     def _parent_abs(self, path: RelPath, parent: RelPath) -> str:
         validate_relpath(path)  # the whole path: the usual BadName for a bad one
@@ -537,11 +554,10 @@ class LocalEndpoint(Endpoint):
         (Of the object actually read, so it describes the content returned:
         a change while reading shows in it, as growth shows in the length.)
         """
-        abs_path = self._abs
         os_open, read, fstat, close = os.open, os.read, os.fstat, os.close
-        for f in files:
+        for f, full in self._located(files):
             try:
-                fd = os_open(abs_path(f.path), _READ_FLAGS)
+                fd = os_open(full, _READ_FLAGS)
             except OSError as exc:
                 yield exc
                 continue
