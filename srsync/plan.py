@@ -15,6 +15,7 @@ Order, for each side written:
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from srsync.core.compare import Diff
@@ -22,7 +23,9 @@ from srsync.core.entry import Entry, Kind, Snapshot
 from srsync.core.paths import ROOT, RelPath, depth
 from srsync.core.reconcile import ALPHA, BETA, Change, Conflict, Reconciliation
 
-__all__ = ["ALPHA", "BETA", "OpKind", "Operation", "Plan", "PlanStats", "make_plan"]
+_CONTENT = Diff.CONTENT
+
+__all__ = ["ALPHA", "BETA", "NewTreePlan", "OpKind", "Operation", "Plan", "PlanStats", "make_plan"]
 
 
 class OpKind(enum.Enum):
@@ -167,3 +170,72 @@ def make_plan(rec: Reconciliation) -> Plan:
     stats.add(stats_a)
     stats.conflicts = len(rec.conflicts)
     return Plan(tuple(renames + ops_b + ops_a), rec.conflicts, stats)
+
+
+class NewTreePlan:
+    """A one-way run's reconciliation and plan for a target that holds nothing, built
+    while the mirror is still being listed.
+
+    Fed every entry of a snapshot (``add``, in any order and any number of pieces),
+    ``finish`` returns ``reconcile({}, snap, {}, Mode.ONE_WAY_REPLICA, cmp)`` and
+    ``make_plan`` of it: the same changes and operations, in the same order, with the
+    same counts (against an empty target every entry is new, whatever the comparator).
+    A run whose mirror is listed elsewhere (a remote helper) builds them while this
+    process waits for the listing, instead of after it.  The caller checks that what
+    it fed is exactly the snapshot the run ends up with (``count``).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changes: list[Change] = []
+        self._mkdirs: list[Operation] = []
+        self._writes: list[Operation] = []
+        self._dir_meta: list[Operation] = []
+        self._bytes = 0
+
+    def add(self, items: Iterable[tuple[RelPath, Entry]]) -> None:
+        # (make_plan's _side_ops for changes that all create, with reconcile's loop fused in)
+        changes, mkdirs, writes, dir_meta = self._changes, self._mkdirs, self._writes, self._dir_meta
+        dir_kind, file_kind = Kind.DIR, Kind.FILE
+        copy_op, link_op, meta_op, mkdir_op = OpKind.COPY, OpKind.LINK, OpKind.META, OpKind.MKDIR
+        n = 0
+        size = 0
+        for path, new in items:
+            changes.append(Change(path, None, new, _CONTENT))
+            n += 1
+            kind = new.kind
+            if kind is dir_kind:
+                mkdirs.append(Operation(mkdir_op, path, BETA, None, new, False))
+                dir_meta.append(Operation(meta_op, path, BETA, None, new))
+            elif kind is file_kind:
+                writes.append(Operation(copy_op, path, BETA, None, new, False))
+                size += new.size
+            else:
+                writes.append(Operation(link_op, path, BETA, None, new, False))
+        self.count += n
+        self._bytes += size
+
+    def finish(self, snap: Snapshot) -> tuple[Reconciliation, Plan]:
+        """The reconciliation and the plan, for ``snap``: the snapshot fed (the caller has
+        checked); the builder is spent."""
+        changes = self._changes
+        changes.sort(key=_change_path)
+        self._mkdirs.sort(key=_depth_first)
+        self._writes.sort(key=_op_path)
+        self._dir_meta.sort(key=_deepest_first)
+        stats = PlanStats(created=self.count, bytes=self._bytes)
+        plan = Plan(tuple(self._mkdirs + self._writes + self._dir_meta), (), stats)
+        self._changes, self._mkdirs, self._writes, self._dir_meta = [], [], [], []
+        return Reconciliation(beta_changes=tuple(changes), final=dict(snap)), plan
+
+
+def _change_path(ch: Change) -> RelPath:
+    return ch.path
+
+
+def _depth_first(op: Operation) -> tuple[int, RelPath]:
+    return (depth(op.path), op.path)
+
+
+def _deepest_first(op: Operation) -> tuple[int, RelPath]:
+    return (-depth(op.path), op.path)

@@ -21,6 +21,7 @@ from srsync.endpoints import local as local_mod
 from srsync.endpoints.base import Step, StepKind
 from srsync.endpoints.local import LocalEndpoint
 from srsync.jobspec import Location
+from srsync.plan import NewTreePlan
 
 T0 = 1_600_000_000_123_456_789
 
@@ -205,7 +206,14 @@ def test_a_long_first_copy_starts_its_writer_before_planning(
         events.append(f"writes {count}")
         real_expect(self, count)
 
+    real_finish = NewTreePlan.finish
+
+    def finish_spy(self: NewTreePlan, snap: Any) -> Any:  # (the plan for an empty target)
+        events.append("plan")
+        return real_finish(self, snap)
+
     monkeypatch.setattr(session_mod, "make_plan", plan_spy)
+    monkeypatch.setattr(NewTreePlan, "finish", finish_spy)
     monkeypatch.setattr(LocalEndpoint, "expect_writes", expect_spy)
     m, t = tmp_path / "mirror", tmp_path / "target"
     make_tree(m, {f"d/f{i}": b"x" * i for i in range(40)})

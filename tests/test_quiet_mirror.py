@@ -60,8 +60,10 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[Seen]:
     for cls in (LocalEndpoint, AgentEndpoint):
         real_scan, real_relist = cls.scan, cls.relist
 
-        def scan(self: Any, rules: IgnoreRules, expect: Any = None, _real: Any = real_scan) -> ScanResult:
-            res: ScanResult = _real(self, rules, expect)
+        def scan(
+            self: Any, rules: IgnoreRules, expect: Any = None, listed: Any = None, _real: Any = real_scan
+        ) -> ScanResult:
+            res: ScanResult = _real(self, rules, expect, listed)
             spy.scans[os.path.basename(self.root if isinstance(self, LocalEndpoint) else self.description)] = res
             return res
 

@@ -56,6 +56,7 @@ from srsync.endpoints.base import (
     Capabilities,
     Endpoint,
     FileRead,
+    Listed,
     Step,
     StepKind,
 )
@@ -290,6 +291,7 @@ class AgentEndpoint(Endpoint):
     """
 
     capabilities = Capabilities(mtime_precision_ns=1, remote=True, remote_helper=True, summaries=True)
+    lists_ahead = True  # the helper lists; this process only decodes what it sends
 
     def __init__(
         self,
@@ -413,10 +415,12 @@ class AgentEndpoint(Endpoint):
         entry = self.stat(ROOT)
         return entry is not None and entry.is_dir
 
-    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+    def scan(
+        self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None, listed: Listed | None = None
+    ) -> ScanResult:
         wanted = expect or {}
         self._disk_names = {}
-        return self._scan_call([_wire_rules(rules), dict(wanted) if wanted else None], wanted)
+        return self._scan_call([_wire_rules(rules), dict(wanted) if wanted else None], wanted, listed=listed)
 
     def relist(self, rules: IgnoreRules, dirs: Iterable[RelPath]) -> ScanResult:
         """``Endpoint.relist``: the helper lists just those directories."""
@@ -428,7 +432,8 @@ class AgentEndpoint(Endpoint):
         return result
 
     def _scan_call(
-        self, args: list[Any], wanted: Mapping[RelPath, str], gone: list[RelPath] | None = None
+        self, args: list[Any], wanted: Mapping[RelPath, str], gone: list[RelPath] | None = None,
+        listed: Listed | None = None,
     ) -> ScanResult:
         call = self._client.call("scan", args)
         result = ScanResult(entries={})
@@ -437,12 +442,16 @@ class AgentEndpoint(Endpoint):
         with _gc_paused():
             for item in self._client.items(call):
                 part = item.meta
+                before = len(entries)
                 try:
                     used = _decode_dirs(part["d"], item.raw, entries)
                 except (ValueError, TypeError, StopIteration) as exc:
                     raise ConnectError(f"the helper on {self._conn.label} sent a corrupt scan ({exc})") from exc
                 if used != len(item.raw):
                     raise ConnectError(f"the helper on {self._conn.label} sent a corrupt scan")
+                if listed is not None and len(entries) > before:
+                    # this item's entries: the last ones in (a dict iterates backwards from its end)
+                    listed(list(itertools.islice(reversed(entries.items()), len(entries) - before)))
                 for rel in part["g"]:
                     entries.pop(rel, None)
                     if gone is not None:

@@ -22,7 +22,7 @@ import enum
 import errno
 import io
 import os
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -41,6 +41,9 @@ from srsync.agent.delta import (
 from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IgnoreRules
 from srsync.core.paths import ROOT, RelPath, parent
+
+# what a scan hands ``listed`` (see Endpoint.scan): entries as they arrive
+Listed = Callable[[list[tuple[RelPath, Entry]]], None]
 
 CHUNK = 1 << 20  # bytes per read when streaming file content
 
@@ -125,6 +128,9 @@ class Endpoint(abc.ABC):
     """One side of a sync: a root directory somewhere, read and written by RelPath."""
 
     capabilities: Capabilities = Capabilities()
+    # scan() hands out entries while it lists (its ``listed`` argument): the listing
+    # happens elsewhere (a remote helper), so this process has time to use them
+    lists_ahead: bool = False
 
     @property
     @abc.abstractmethod
@@ -142,7 +148,9 @@ class Endpoint(abc.ABC):
         """True when the root exists and is a directory."""
 
     @abc.abstractmethod
-    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+    def scan(
+        self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None, listed: Listed | None = None
+    ) -> ScanResult:
         """Walk the whole tree below the root without following symlinks.
 
         Excluded paths (by ``rules``, as given) are pruned.  Names that are
@@ -157,6 +165,11 @@ class Endpoint(abc.ABC):
         the files and links of a directory that summarises exactly so and had
         no problem, listing it in ``ScanResult.quiet`` instead; subdirectories
         are always listed.  Endpoints that cannot summarise ignore ``expect``.
+
+        ``listed``, where ``lists_ahead`` is true, is called from the scanning thread
+        with each piece of ``entries`` as it arrives ((path, entry) pairs, in no
+        particular order; a path later found gone is not taken back), so the caller
+        can start on them while the rest is listed; others ignore it.
         """
 
     def relist(self, rules: IgnoreRules, dirs: Iterable[RelPath]) -> ScanResult:

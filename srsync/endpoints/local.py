@@ -61,6 +61,7 @@ from srsync.endpoints.base import (
     Capabilities,
     Endpoint,
     FileRead,
+    Listed,
     Step,
     StepKind,
     same_state,
@@ -266,7 +267,9 @@ class LocalEndpoint(Endpoint):
     def root_exists(self) -> bool:
         return os.path.isdir(self.root)
 
-    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+    def scan(
+        self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None, listed: Listed | None = None
+    ) -> ScanResult:
         result = ScanResult(entries={})
         expected = expect or {}
         self._disk_names = {}

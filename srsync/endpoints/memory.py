@@ -12,7 +12,7 @@ from srsync.core.entry import Entry, Kind, ScanResult
 from srsync.core.ignore import IGNORE_FILE, IgnoreRules
 from srsync.core.paths import ROOT, RelPath, basename, is_temp_name, parent, validate_relpath
 from srsync.core.quiet import children_by_dir, summary_of
-from srsync.endpoints.base import Capabilities, Endpoint
+from srsync.endpoints.base import Capabilities, Endpoint, Listed
 from srsync.endpoints.hashing import digest_bytes
 
 
@@ -83,7 +83,9 @@ class MemoryEndpoint(Endpoint):
     def root_exists(self) -> bool:
         return self.exists
 
-    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+    def scan(
+        self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None, listed: Listed | None = None
+    ) -> ScanResult:
         res = ScanResult(entries={})
         if not self.exists:
             res.root_exists = False

@@ -54,6 +54,7 @@ from srsync.endpoints.base import (
     Capabilities,
     Endpoint,
     FileRead,
+    Listed,
     Step,
     StepKind,
     same_state,
@@ -221,7 +222,9 @@ class SFTPEndpoint(Endpoint):
         return digest.hexdigest()
 
     # ---- scanning ------------------------------------------------------
-    def scan(self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None) -> ScanResult:
+    def scan(
+        self, rules: IgnoreRules, expect: Mapping[RelPath, str] | None = None, listed: Listed | None = None
+    ) -> ScanResult:
         # (``expect`` is not used: listing a directory over SFTP is the cost a
         # summary would save, and its entries cross the wire either way)
         result = ScanResult(entries={})

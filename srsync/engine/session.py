@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from srsync.engine.trash import EXCLUDE_PATTERN as TRASH_EXCLUDE
 from srsync.engine.trash import Trash, new_run_id, purge_expired
 from srsync.errors import ConnectError, SrsyncError
 from srsync.jobspec import ONE2ONE, PairSpec
-from srsync.plan import Plan, PlanStats, make_plan
+from srsync.plan import NewTreePlan, Plan, PlanStats, make_plan
 
 OK = "ok"
 PARTIAL = "partial"
@@ -118,6 +119,60 @@ def _fill_quiet(res: ScanResult, stored: Snapshot, hidden: dict[RelPath, int]) -
             res.entries[path] = Entry(e.kind, e.size, e.mtime_ns, e.mode, e.target)
 
 
+class _PlanAhead:
+    """A one-way run's plan for an empty target, built while a remote helper lists the mirror.
+
+    The mirror's scan hands over its entries as they arrive (``feed``, see
+    ``Endpoint.scan``'s ``listed``); once the target's scan has found nothing there
+    (``target_scanned``), a thread adds them to a ``NewTreePlan``, so reconciling and
+    planning take place while this process would otherwise wait for the listing.
+    A target holding anything makes it drop them all: that run plans as usual.
+    """
+
+    def __init__(self) -> None:
+        self.plan = NewTreePlan()
+        self._pieces: queue.SimpleQueue[list[tuple[RelPath, Entry]] | None] = queue.SimpleQueue()
+        self._verdict = threading.Event()
+        self._use = False  # the target is empty: build
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def feed(self, piece: list[tuple[RelPath, Entry]]) -> None:
+        """(From the mirror's scanning thread.)"""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="plan-ahead", daemon=True)
+                self._thread.start()
+        self._pieces.put(piece)
+
+    def target_scanned(self, res: ScanResult) -> None:
+        self._use = not (res.root_exists and (res.entries or res.quiet or res.temp_files or res.problems))
+        self._verdict.set()
+
+    def _work(self) -> None:
+        self._verdict.wait()
+        while (piece := self._pieces.get()) is not None:
+            if self._use:
+                self.plan.add(piece)
+
+    def take(self, snap: Snapshot, listed: int) -> NewTreePlan | None:
+        """The plan built, when it holds exactly ``snap`` (the mirror's ``listed`` entries,
+        none filtered out since); else None.  Ends the thread."""
+        self.close()
+        if not self._use or self.plan.count != listed or len(snap) != listed:
+            return None
+        return self.plan
+
+    def close(self) -> None:
+        """Stop: the scan is over (or failed).  Safe to call more than once."""
+        self._verdict.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._pieces.put(None)
+            thread.join()
+
+
 class PairSession:
     """Runs one path pair between two already-open endpoints."""
 
@@ -149,14 +204,20 @@ class PairSession:
         self.state = state
         self.options = options
         self.stop = stop or threading.Event()
+        self._ahead: _PlanAhead | None = None
 
     def _scan_both(
-        self, rules: IgnoreRules, expect: dict[RelPath, str] | None = None
+        self, rules: IgnoreRules, expect: dict[RelPath, str] | None = None, ahead: _PlanAhead | None = None
     ) -> tuple[ScanResult, ScanResult]:
         def scan(side: str, source: Endpoint | Future[Endpoint]) -> tuple[Endpoint, ScanResult]:
             ep = source.result() if isinstance(source, Future) else source
             self.reporter.scan_started(self.job, side, ep.description)
-            res = ep.scan(rules, expect)
+            if ahead is not None and side == "mirror" and ep.lists_ahead:
+                res = ep.scan(rules, expect, listed=ahead.feed)
+            else:
+                res = ep.scan(rules, expect)
+            if ahead is not None and side == "target":
+                ahead.target_scanned(res)
             self.reporter.scan_done(self.job, side, len(res.entries) + sum(res.quiet.values()))
             return ep, res
 
@@ -206,6 +267,9 @@ class PairSession:
             res.outcome = FAILED
             res.error = str(exc)
         finally:
+            if self._ahead is not None:
+                self._ahead.close()
+                self._ahead = None
             res.duration = time.time() - res.started
             self.reporter.pair_done(self.job, res)
         return res
@@ -227,7 +291,11 @@ class PairSession:
             summaries = self.state.ancestor_summaries(self.pair_key)
         elif mirror_summaries and self.state is not None:
             summaries = self.state.mirror_summaries(self.pair_key) or None
-        sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries)
+        # a one-way run told nothing of earlier runs lists every path, and may find the
+        # target empty (a first run): a remote mirror's entries then go into the plan
+        # while they arrive (see _PlanAhead; closed by run())
+        self._ahead = _PlanAhead() if not two_way and summaries is None else None
+        sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries, self._ahead)
         if not two_way and (sa.quiet or sb.quiet):
             self._relist_one_sided(rules, sa, sb)
         if not two_way and not self.options.dry_run:
@@ -287,14 +355,24 @@ class PairSession:
             alpha = self._fill_digests(self.alpha, alpha, both)
             beta = self._fill_digests(self.beta, beta, both)
 
-        rec = reconcile(
-            ancestor, alpha, beta,
-            Mode.TWO_WAY if two_way else Mode.ONE_WAY_REPLICA,
-            cmp,
-            policy=Policy(self.pair.conflict),
-            decisions=decisions,
-            stamp=time.strftime("%Y%m%d-%H%M%S"),
-        )
+        plan: Plan | None = None
+        if not two_way and not beta:
+            # nothing to compare with: every mirror entry is new (NewTreePlan: the same
+            # reconciliation and plan, in half the time, or already built)
+            built = self._ahead.take(alpha, len(sa.entries)) if self._ahead is not None else None
+            if built is None:
+                built = NewTreePlan()
+                built.add(alpha.items())
+            rec, plan = built.finish(alpha)
+        else:
+            rec = reconcile(
+                ancestor, alpha, beta,
+                Mode.TWO_WAY if two_way else Mode.ONE_WAY_REPLICA,
+                cmp,
+                policy=Policy(self.pair.conflict),
+                decisions=decisions,
+                stamp=time.strftime("%Y%m%d-%H%M%S"),
+            )
         for c in rec.conflicts:
             self.reporter.conflict(self.job, c)
         halts = check_guards(
@@ -307,7 +385,8 @@ class PairSession:
             mirror_label=self.alpha.description,
             target_label=self.beta.description,
         )
-        plan = make_plan(rec)
+        if plan is None:
+            plan = make_plan(rec)
         res.plan = plan
         res.conflicts = [c for c in rec.conflicts if c.unresolved]
         if halts and not self.options.force:
