@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import local_job, make_tree, run, tree_state
@@ -324,3 +326,44 @@ def test_applied_operations_are_reported_in_order_around_problems(tmp_path: Path
     assert [p for kind, p in events if kind == "problem"] == ["f100"]
     assert [p for _, p in events] == [op.path for op in plan.operations]
     assert len(result.applied_ops) == len(plan.operations) - 1 == 149
+
+
+def test_a_run_of_copies_asks_the_source_as_it_goes(tmp_path: Path) -> None:
+    """The executor hands the source its run's files as an iterator, read as the source
+    asks for them: the first file is read before the rest of the run is even listed
+    for it (on a big first copy, the source starts at once)."""
+    from srsync.core.compare import Comparator
+    from srsync.core.ignore import IgnoreRules
+    from srsync.core.reconcile import Mode, reconcile
+    from srsync.endpoints.memory import MemoryEndpoint
+    from srsync.engine.executor import Executor
+    from srsync.plan import make_plan
+
+    src, dst = MemoryEndpoint("src"), MemoryEndpoint("dst")
+    for i in range(50):
+        src.put(f"f{i:02}", b"y" * i)
+    rules = IgnoreRules()
+    plan = make_plan(reconcile({}, src.scan(rules).entries, dst.scan(rules).entries,
+                               Mode.ONE_WAY_REPLICA, Comparator()))
+    taken: list[int] = []  # how many files the source had been given when it read one
+    real = MemoryEndpoint.read_files
+
+    def read_files(self: MemoryEndpoint, files: Any) -> Any:
+        assert not isinstance(files, (list, tuple)), "the run's files were listed up front"
+        count = 0
+
+        def counted() -> Any:
+            nonlocal count
+            for f in files:
+                count += 1
+                yield f
+
+        for got in real(self, counted()):
+            taken.append(count)
+            yield got
+
+    src.read_files = types.MethodType(read_files, src)  # type: ignore[method-assign]
+    result = Executor(src, dst, Reporter(), "job").run(plan)
+    assert len(result.applied_ops) == 50 and not result.problems
+    assert taken[0] == 1 and taken == list(range(1, 51))
+    assert {p: dst.content(p) for p in dst.entries} == {p: src.content(p) for p in src.entries}

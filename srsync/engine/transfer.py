@@ -319,34 +319,47 @@ def apply_operations(
     link).  Anything else (renames, big files that replace an old copy, which
     may go as deltas, and whatever ``batchable`` refuses, e.g. operations that
     must first keep the old version in a trash folder) is applied by ``fallback`` (the executor's own per-op
-    path; it raises OSError for a failure) in its place in the order.
+    path; it raises OSError for a failure) in its place in the order.  ``batchable``
+    is asked only about operations that expect something at their path (that replace
+    or remove it); one that expects nothing there has nothing to keep first.
     Stops early, between operations, when ``stop`` is set: operations not
     yielded were not attempted.  ``ConnectError`` (an unusable endpoint)
     propagates; operations yielded before it are done.
     """
     run: list[Operation] = []
     run_big = False  # the run is of new big files (streamed), not of small steps
+    run_side = ""
+    add = run.append
+    stopped = stop.is_set
+    # the hot loop of a big plan: every operation of a run passes here before the
+    # first one is applied (attributes read once, the usual small file settled soonest)
     for op in ops:
-        if stop.is_set():
+        if stopped():
             break
-        big = op.kind is _COPY and op.entry is not None and op.entry.size > SMALL_FILE
-        step_ok = op.kind in _BATCHED_KINDS and (batchable is None or batchable(op))
+        kind = op.kind
+        expected = op.expected
+        step_ok = kind in _BATCHED_KINDS and (expected is None or batchable is None or batchable(op))
         # a big file that is new where it goes has no old copy to delta against:
         # it streams as a guarded step, and back-to-back ones overlap (striped uploads)
-        big_new = big and step_ok and op.expected is None
-        step_ok = step_ok and (not big or big_new)
-        if step_ok and (not run or (run[0].side == op.side and run_big == big_new)):
-            run.append(op)
+        big_new = False
+        if step_ok and kind is _COPY and (entry := op.entry) is not None and entry.size > SMALL_FILE:
+            big_new = expected is None
+            step_ok = big_new  # a big file replacing another: the fallback (a delta, maybe)
+        if step_ok and (not run or (run_side == op.side and run_big == big_new)):
+            add(op)
             run_big = big_new
+            run_side = op.side
             continue
         if run:
             yield from (_apply_big_run if run_big else _apply_run)(run, alpha, beta, job, reporter, stop)
             run = []
+            add = run.append
             if stop.is_set():
                 break
         if step_ok:
-            run.append(op)
+            add(op)
             run_big = big_new
+            run_side = op.side
             continue
         reporter.op_started(job, op)
         try:
@@ -396,9 +409,12 @@ def _apply_run(
     stop: Event,
 ) -> Iterator[tuple[Operation, Outcome]]:
     dest, src = (alpha, beta) if run[0].side == ALPHA else (beta, alpha)
-    wanted = [FileRead(op.path, op.entry.size) for op in run if op.kind is _COPY and op.entry is not None]
-    dest.expect_writes(len(wanted))
-    contents = src.read_files(wanted)
+    dest.expect_writes(sum(op.kind is _COPY for op in run))
+    # taken as the source reads them: its first batch is asked for at once, not after
+    # a FileRead is made for every file of the run
+    contents = src.read_files(
+        FileRead(op.path, op.entry.size) for op in run if op.kind is _COPY and op.entry is not None
+    )
     # In plan order: an operation whose step went to the destination, or the
     # operation and its error where it failed before it had a step.
     queue: deque[Operation | tuple[Operation, OSError]] = deque()
