@@ -120,39 +120,44 @@ def _fill_quiet(res: ScanResult, stored: Snapshot, hidden: dict[RelPath, int]) -
 
 
 class _PlanAhead:
-    """A one-way run's plan for an empty target, built while a remote helper lists the mirror.
+    """A one-way run's plan for an empty target, built while this process would wait.
 
-    The mirror's scan hands over its entries as they arrive (``feed``, see
-    ``Endpoint.scan``'s ``listed``); once the target's scan has found nothing there
-    (``target_scanned``), a thread adds them to a ``NewTreePlan``, so reconciling and
-    planning take place while this process would otherwise wait for the listing.
-    A target holding anything makes it drop them all: that run plans as usual.
+    The mirror's scan hands over its entries: a remote helper's as they arrive
+    (``feed``, see ``Endpoint.scan``'s ``listed``), built into a ``NewTreePlan`` by a
+    thread once the target's scan has found nothing there (``target_scanned``), so
+    reconciling and planning take place while the helper still lists; a listing made
+    here, whole once it is done (``speculative``), built at once even before the
+    target's verdict, while a remote target's helper is still starting.  A target
+    holding anything makes it drop them all: that run plans as usual.
     """
 
     def __init__(self) -> None:
         self.plan = NewTreePlan()
-        self._pieces: queue.SimpleQueue[list[tuple[RelPath, Entry]] | None] = queue.SimpleQueue()
+        self._pieces: queue.SimpleQueue[tuple[list[tuple[RelPath, Entry]], bool] | None] = queue.SimpleQueue()
         self._verdict = threading.Event()
         self._use = False  # the target is empty: build
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def feed(self, piece: list[tuple[RelPath, Entry]]) -> None:
-        """(From the mirror's scanning thread.)"""
+    def feed(self, piece: list[tuple[RelPath, Entry]], speculative: bool = False) -> None:
+        """(From the mirror's scanning thread.)  ``speculative``: build it before the
+        target's verdict (work that may be thrown away, done while waiting for it)."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="plan-ahead", daemon=True)
                 self._thread.start()
-        self._pieces.put(piece)
+        self._pieces.put((piece, speculative))
 
     def target_scanned(self, res: ScanResult) -> None:
         self._use = not (res.root_exists and (res.entries or res.quiet or res.temp_files or res.problems))
         self._verdict.set()
 
     def _work(self) -> None:
-        self._verdict.wait()
-        while (piece := self._pieces.get()) is not None:
-            if self._use:
+        while (item := self._pieces.get()) is not None:
+            piece, speculative = item
+            if not speculative:
+                self._verdict.wait()
+            if self._use or (speculative and not self._verdict.is_set()):
                 self.plan.add(piece)
 
     def take(self, snap: Snapshot, listed: int) -> NewTreePlan | None:
@@ -216,6 +221,8 @@ class PairSession:
                 res = ep.scan(rules, expect, listed=ahead.feed)
             else:
                 res = ep.scan(rules, expect)
+                if ahead is not None and side == "mirror" and res.entries:
+                    ahead.feed(list(res.entries.items()), speculative=True)
             if ahead is not None and side == "target":
                 ahead.target_scanned(res)
             self.reporter.scan_done(self.job, side, len(res.entries) + sum(res.quiet.values()))
