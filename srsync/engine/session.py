@@ -138,15 +138,18 @@ class _PlanAhead:
         self._use = False  # the target is empty: build
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def feed(self, piece: list[tuple[RelPath, Entry]], speculative: bool = False) -> None:
         """(From the mirror's scanning thread.)  ``speculative``: build it before the
         target's verdict (work that may be thrown away, done while waiting for it)."""
         with self._lock:
+            if self._closed:
+                return  # (not in a run: the scans end before close; the check is cheap)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="plan-ahead", daemon=True)
                 self._thread.start()
-        self._pieces.put((piece, speculative))
+            self._pieces.put((piece, speculative))
 
     def target_scanned(self, res: ScanResult) -> None:
         self._use = not (res.root_exists and (res.entries or res.quiet or res.temp_files or res.problems))
@@ -172,6 +175,7 @@ class _PlanAhead:
         """Stop: the scan is over (or failed).  Safe to call more than once."""
         self._verdict.set()
         with self._lock:
+            self._closed = True
             thread, self._thread = self._thread, None
         if thread is not None:
             self._pieces.put(None)
@@ -299,8 +303,8 @@ class PairSession:
         elif mirror_summaries and self.state is not None:
             summaries = self.state.mirror_summaries(self.pair_key) or None
         # a one-way run told nothing of earlier runs lists every path, and may find the
-        # target empty (a first run): a remote mirror's entries then go into the plan
-        # while they arrive (see _PlanAhead; closed by run())
+        # target empty (a first run): the mirror's entries then go into the plan while
+        # this process would wait (see _PlanAhead; closed by run())
         self._ahead = _PlanAhead() if not two_way and summaries is None else None
         sa, sb = self._scan_both(rules, None if self.pair.checksum else summaries, self._ahead)
         if not two_way and (sa.quiet or sb.quiet):
