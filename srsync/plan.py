@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from srsync.core.compare import Diff
 from srsync.core.entry import Entry, Kind, Snapshot
@@ -143,16 +144,24 @@ def _side_ops(changes: tuple[Change, ...], side: str, source: Snapshot) -> tuple
         if src is not None and src.kind is dir_kind:
             dir_meta[d] = Operation(meta_op, d, side, expected=None, entry=src)
 
-    removes.sort(key=lambda op: (-depth(op.path), op.path))
-    mkdirs.sort(key=lambda op: (depth(op.path), op.path))
-    writes.sort(key=_op_path)
-    file_meta.sort(key=_op_path)
-    dmeta = sorted(dir_meta.values(), key=lambda op: (-depth(op.path), op.path))
+    removes.sort(key=_deepest_first)
+    mkdirs.sort(key=_depth_first)
+    writes.sort(key=_by_path)
+    file_meta.sort(key=_by_path)
+    dmeta = sorted(dir_meta.values(), key=_deepest_first)
     return removes + mkdirs + writes + file_meta + dmeta, stats
 
 
-def _op_path(op: Operation) -> RelPath:
-    return op.path
+# sort keys of make_plan and NewTreePlan (one order for both)
+_by_path = attrgetter("path")  # (of an Operation or a Change)
+
+
+def _depth_first(op: Operation) -> tuple[int, RelPath]:
+    return (depth(op.path), op.path)
+
+
+def _deepest_first(op: Operation) -> tuple[int, RelPath]:
+    return (-depth(op.path), op.path)
 
 
 def make_plan(rec: Reconciliation) -> Plan:
@@ -219,23 +228,11 @@ class NewTreePlan:
         """The reconciliation and the plan, for ``snap``: the snapshot fed (the caller has
         checked); the builder is spent."""
         changes = self._changes
-        changes.sort(key=_change_path)
+        changes.sort(key=_by_path)
         self._mkdirs.sort(key=_depth_first)
-        self._writes.sort(key=_op_path)
+        self._writes.sort(key=_by_path)
         self._dir_meta.sort(key=_deepest_first)
         stats = PlanStats(created=self.count, bytes=self._bytes)
         plan = Plan(tuple(self._mkdirs + self._writes + self._dir_meta), (), stats)
         self._changes, self._mkdirs, self._writes, self._dir_meta = [], [], [], []
         return Reconciliation(beta_changes=tuple(changes), final=dict(snap)), plan
-
-
-def _change_path(ch: Change) -> RelPath:
-    return ch.path
-
-
-def _depth_first(op: Operation) -> tuple[int, RelPath]:
-    return (depth(op.path), op.path)
-
-
-def _deepest_first(op: Operation) -> tuple[int, RelPath]:
-    return (-depth(op.path), op.path)
